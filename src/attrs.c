@@ -1,0 +1,227 @@
+/*-------------------------------------------------------------------------
+ *
+ * attrs.c
+ *		  The task attribute contract: which columns a foreign table of
+ *		  task_fdw may have, their types, and where they live in the task store.
+ *
+ * A foreign table may declare any subset of the attributes in any order.
+ * Columns are checked when the table is created or altered (through an
+ * event trigger calling task_fdw.check_table) and again when a query uses
+ * the table, so a table created while the trigger was disabled cannot read
+ * garbage.
+ *
+ * IDENTIFICATION
+ *		  src/attrs.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "foreign/foreign.h"
+#include "nodes/parsenodes.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "task_fdw.h"
+
+/* The contract.  Names and types must not change; add, never remove. */
+static const TaskAttribute task_attributes[] = {
+	{"id", INT8OID, Anum_task_id, false},
+	{"sql", TEXTOID, Anum_task_sql, true},
+	{"state", TEXTOID, Anum_task_state, false},
+	{"submitted_by", TEXTOID, Anum_task_submitted_by, false},
+	{"submitted_at", TIMESTAMPTZOID, Anum_task_submitted_at, false},
+	{"started_at", TIMESTAMPTZOID, Anum_task_started_at, false},
+	{"finished_at", TIMESTAMPTZOID, Anum_task_finished_at, false},
+	{"remote_pid", INT4OID, Anum_task_remote_pid, false},
+	{"command_tag", TEXTOID, Anum_task_command_tag, false},
+	{"rows", INT8OID, Anum_task_rows, false},
+	{"result", JSONBOID, Anum_task_result, false},
+	{"result_truncated", BOOLOID, Anum_task_result_truncated, false},
+	{"error", TEXTOID, Anum_task_error, false},
+	{"sqlstate", TEXTOID, Anum_task_sqlstate, false},
+	{"error_detail", TEXTOID, Anum_task_error_detail, false},
+	{"error_hint", TEXTOID, Anum_task_error_hint, false},
+	{"error_context", TEXTOID, Anum_task_error_context, false},
+	{NULL, InvalidOid, InvalidAttrNumber, false}
+};
+
+PG_FUNCTION_INFO_V1(task_fdw_check_table);
+
+static const char *attribute_list(void);
+
+/*
+ * TaskAttributeLookup returns the attribute called name, or NULL.
+ */
+const TaskAttribute *
+TaskAttributeLookup(const char *name)
+{
+	const TaskAttribute *attr;
+
+	for (attr = task_attributes; attr->name; attr++)
+		if (strcmp(attr->name, name) == 0)
+			return attr;
+	return NULL;
+}
+
+/*
+ * attribute_list returns "id bigint, sql text, ..." for error hints.
+ */
+static const char *
+attribute_list(void)
+{
+	const TaskAttribute *attr;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (attr = task_attributes; attr->name; attr++)
+		appendStringInfo(&buf, "%s%s %s", buf.len > 0 ? ", " : "",
+						 attr->name, format_type_be(attr->typid));
+	return buf.data;
+}
+
+/*
+ * TaskColumnMapBuild maps each column of the foreign table rel to its task
+ * attribute, raising an error for a column that is not one.
+ */
+TaskColumnMap *
+TaskColumnMapBuild(Relation rel)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	TaskColumnMap *map = palloc(sizeof(TaskColumnMap));
+	int			i;
+
+	map->natts = tupdesc->natts;
+	map->attrs = palloc0(sizeof(TaskAttribute *) * tupdesc->natts);
+	for (i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+		const TaskAttribute *attr;
+
+		if (att->attisdropped)
+			continue;
+		attr = TaskAttributeLookup(NameStr(att->attname));
+		if (attr == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_COLUMN_NAME),
+					 errmsg("column \"%s\" of foreign table \"%s\" is not a task attribute",
+							NameStr(att->attname), RelationGetRelationName(rel)),
+					 errhint("Task attributes are: %s.", attribute_list())));
+		if (att->atttypid != attr->typid)
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_DATA_TYPE),
+					 errmsg("column \"%s\" of foreign table \"%s\" must have type %s, not %s",
+							NameStr(att->attname), RelationGetRelationName(rel),
+							format_type_be(attr->typid),
+							format_type_be(att->atttypid))));
+		map->attrs[i] = attr;
+	}
+	return map;
+}
+
+/*
+ * IsTaskFdwServer returns whether serverid belongs to the task_fdw wrapper.
+ */
+bool
+IsTaskFdwServer(Oid serverid)
+{
+	ForeignServer *server = GetForeignServer(serverid);
+	ForeignDataWrapper *fdw = GetForeignDataWrapper(server->fdwid);
+
+	return strcmp(fdw->fdwname, "task_fdw") == 0;
+}
+
+/*
+ * task_fdw_check_table
+ *		Check the columns of a foreign table if it belongs to task_fdw.
+ */
+Datum
+task_fdw_check_table(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+
+	if (get_rel_relkind(relid) != RELKIND_FOREIGN_TABLE)
+		PG_RETURN_VOID();
+	if (!IsTaskFdwServer(GetForeignTable(relid)->serverid))
+		PG_RETURN_VOID();
+
+	rel = relation_open(relid, AccessShareLock);
+	(void) TaskColumnMapBuild(rel);
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * TaskStoreRelid returns the OID of the task store, task_fdw.task.
+ */
+Oid
+TaskStoreRelid(void)
+{
+	Oid			nspid = get_namespace_oid("task_fdw", true);
+	Oid			relid = OidIsValid(nspid) ? get_relname_relid("task", nspid) : InvalidOid;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"task_fdw\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION task_fdw.")));
+	return relid;
+}
+
+/*
+ * TaskStoreIndex returns the OID of the task store's index indexname.
+ */
+Oid
+TaskStoreIndex(const char *indexname)
+{
+	Oid			relid = get_relname_relid(indexname, get_namespace_oid("task_fdw", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "index task_fdw.%s of the task store is missing", indexname);
+	return relid;
+}
+
+/*
+ * taskImportForeignSchema
+ *		Create the foreign table "tasks" with every task attribute.
+ *
+ * The remote schema must be called task_fdw; LIMIT TO and EXCEPT apply to
+ * the one table name, tasks.
+ */
+List *
+taskImportForeignSchema(ImportForeignSchemaStmt *stmt, Oid serverOid)
+{
+	const TaskAttribute *attr;
+	StringInfoData buf;
+	ListCell   *lc;
+	bool		listed = false;
+
+	if (strcmp(stmt->remote_schema, "task_fdw") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_SCHEMA_NOT_FOUND),
+				 errmsg("schema \"%s\" is not available on foreign server \"%s\"",
+						stmt->remote_schema, stmt->server_name),
+				 errhint("Import schema \"task_fdw\", which holds the table \"tasks\".")));
+
+	foreach(lc, stmt->table_list)
+		if (strcmp(((RangeVar *) lfirst(lc))->relname, "tasks") == 0)
+			listed = true;
+	if ((stmt->list_type == FDW_IMPORT_SCHEMA_LIMIT_TO && !listed) ||
+		(stmt->list_type == FDW_IMPORT_SCHEMA_EXCEPT && listed))
+		return NIL;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "CREATE FOREIGN TABLE %s (", quote_identifier("tasks"));
+	for (attr = task_attributes; attr->name; attr++)
+		appendStringInfo(&buf, "%s%s %s", attr == task_attributes ? "" : ", ",
+						 quote_identifier(attr->name), format_type_be(attr->typid));
+	appendStringInfo(&buf, ") SERVER %s", quote_identifier(stmt->server_name));
+	return list_make1(buf.data);
+}

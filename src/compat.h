@@ -1,0 +1,95 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *		  The one place where task_fdw tests PG_VERSION_NUM.
+ *
+ * Every difference between PostgreSQL major versions that task_fdw meets is
+ * hidden behind a macro or inline function here, so porting to a newer major
+ * means editing this file only.  The code base targets PostgreSQL 15.
+ *
+ * IDENTIFICATION
+ *		  src/compat.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TASK_FDW_COMPAT_H
+#define TASK_FDW_COMPAT_H
+
+#include "executor/executor.h"
+#include "optimizer/pathnode.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/wait_event.h"
+
+#if PG_VERSION_NUM < 150000
+#error "task_fdw requires PostgreSQL 15 or later"
+#endif
+
+/* This process's PGPROC index, as other processes' SetLatch needs it. */
+#if PG_VERSION_NUM >= 170000
+#define tfdw_my_procno() MyProcNumber
+#else
+#define tfdw_my_procno() (MyProc->pgprocno)
+#endif
+
+/* Wait events: PostgreSQL 17 has named extension wait events; 15 and 16 do not. */
+#define TFDW_WAIT_EVENT_MAIN		PG_WAIT_EXTENSION
+#define TFDW_WAIT_EVENT_TASK		PG_WAIT_EXTENSION
+
+/* CreateWaitEventSet takes a ResourceOwner from PostgreSQL 17 on. */
+#if PG_VERSION_NUM >= 170000
+#define tfdw_create_wait_event_set(nevents) CreateWaitEventSet(NULL, (nevents))
+#else
+#define tfdw_create_wait_event_set(nevents) \
+	CreateWaitEventSet(TopMemoryContext, (nevents))
+#endif
+
+/* ExecInsertIndexTuples gained onlySummarizing in PostgreSQL 16. */
+#if PG_VERSION_NUM >= 160000
+#define tfdw_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL, false)
+#else
+#define tfdw_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
+/* create_foreignscan_path grew disabled_nodes (18) and fdw_restrictinfo (17). */
+#if PG_VERSION_NUM >= 180000
+#define tfdw_create_foreignscan_path(root, rel, rows, startup, total, priv) \
+	create_foreignscan_path((root), (rel), NULL, (rows), 0, (startup), (total), \
+							NIL, NULL, NULL, NIL, (priv))
+#elif PG_VERSION_NUM >= 170000
+#define tfdw_create_foreignscan_path(root, rel, rows, startup, total, priv) \
+	create_foreignscan_path((root), (rel), NULL, (rows), (startup), (total), \
+							NIL, NULL, NULL, NIL, (priv))
+#else
+#define tfdw_create_foreignscan_path(root, rel, rows, startup, total, priv) \
+	create_foreignscan_path((root), (rel), NULL, (rows), (startup), (total), \
+							NIL, NULL, NULL, (priv))
+#endif
+
+/*
+ * The user whose privileges apply to a modified foreign table: PostgreSQL 16
+ * has ExecGetResultRelCheckAsUser; 15 keeps checkAsUser in the range table.
+ */
+#if PG_VERSION_NUM >= 160000
+#define tfdw_result_rel_user(rri, estate) ExecGetResultRelCheckAsUser((rri), (estate))
+#else
+static inline Oid
+tfdw_result_rel_user(ResultRelInfo *rri, EState *estate)
+{
+	RangeTblEntry *rte = exec_rt_fetch(rri->ri_RangeTableIndex, estate);
+
+	return OidIsValid(rte->checkAsUser) ? rte->checkAsUser : GetUserId();
+}
+#endif
+
+/* Columns named in INSERT's target list. */
+#if PG_VERSION_NUM >= 160000
+#define tfdw_inserted_cols(root, rte) \
+	(getRTEPermissionInfo((root)->parse->rteperminfos, (rte))->insertedCols)
+#else
+#define tfdw_inserted_cols(root, rte) ((rte)->insertedCols)
+#endif
+
+#endif							/* TASK_FDW_COMPAT_H */

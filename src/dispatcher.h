@@ -1,0 +1,139 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatcher.h
+ *		  Structures of the dispatcher process, shared by dispatcher.c (the
+ *		  event loop), pool.c (connections), task_exec.c (the per-connection
+ *		  state machine) and queue.c (bookkeeping in the task store).
+ *
+ * IDENTIFICATION
+ *		  src/dispatcher.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TASK_FDW_DISPATCHER_H
+#define TASK_FDW_DISPATCHER_H
+
+#include "lib/ilist.h"
+#include "libpq-fe.h"
+#include "utils/hsearch.h"
+
+struct Pool;
+struct Conn;
+
+/*
+ * A task the dispatcher holds: claimed from the queue, running, or finished
+ * and waiting for its outcome to be recorded.  Everything it owns lives in
+ * its own memory context, deleted once the outcome is recorded.
+ */
+typedef struct Task
+{
+	int64		id;
+	char	   *sql;
+	MemoryContext cxt;
+	struct Pool *pool;
+	struct Conn *conn;			/* connection running it, or NULL */
+	dlist_node	node;			/* in pool->held, starting or finished */
+
+	/* outcome */
+	const char *final_state;	/* TFDW_STATE_DONE or TFDW_STATE_FAILED */
+	TimestampTz started_at;
+	TimestampTz finished_at;
+	int			remote_pid;
+	char	   *command_tag;
+	bool		has_rows;
+	int64		rows;
+	bool		in_result;		/* between a result set's first row and its end */
+	bool		has_result;		/* the last result was a row set */
+	StringInfoData result;		/* JSON array text of the last row set */
+	int			result_rows;	/* rows kept in result */
+	bool		truncated;
+	char	   *error;
+	char	   *sqlstate;
+	char	   *error_detail;
+	char	   *error_hint;
+	char	   *error_context;
+} Task;
+
+/* States of a pooled connection; ConnAdvance has the one switch over them. */
+typedef enum ConnState
+{
+	CONN_CONNECTING,			/* PQconnectPoll under way */
+	CONN_IDLE,					/* connected, no task */
+	CONN_ASSIGNED,				/* task waits for its start to be recorded */
+	CONN_RESETTING,				/* session reset before the task is sent */
+	CONN_RUNNING,				/* task sent, reading its results */
+	CONN_CLOSED					/* to be freed */
+} ConnState;
+
+typedef struct Conn
+{
+	dlist_node	node;			/* in pool->conns */
+	struct Pool *pool;
+	PGconn	   *conn;
+	ConnState	state;
+	pgsocket	sock;			/* socket registered in the wait set */
+	uint32		wait_events;	/* events it waits for */
+	uint32		registered_events;	/* events registered in the wait set */
+	int			wait_pos;		/* its position in the wait set, or -1 */
+	bool		used;			/* has run a task: reset before the next */
+	int64		appname_task;	/* task named by its application_name */
+	TimestampTz deadline;		/* connect deadline, or 0 */
+	Task	   *task;
+} Conn;
+
+/* Key of a pool: the server and the role that submitted the tasks. */
+typedef struct PoolKey
+{
+	Oid			serverid;
+	Oid			userid;
+} PoolKey;
+
+typedef struct Pool
+{
+	PoolKey		key;
+	int			pool_size;
+	int			connect_timeout;	/* seconds, 0 = none */
+	dlist_head	conns;
+	int			nconns;
+	dlist_head	held;			/* claimed tasks waiting for a connection */
+	int			nheld;
+	bool		has_queued;		/* the queue may hold tasks for this pool */
+	bool		invalidated;	/* server or mapping changed: reconnect */
+} Pool;
+
+/* in dispatcher.c */
+extern void DispatcherTaskFinished(Task *task);
+extern void DispatcherConnChanged(void);
+extern Task *DispatcherNewTask(Pool *pool, int64 id, const char *sql);
+
+/* in pool.c */
+extern void PoolInit(void);
+extern Pool *PoolLookup(Oid serverid, Oid userid, bool create);
+extern HTAB *PoolTable(void);
+extern int	PoolBusy(Pool *pool);
+extern int	PoolCapacity(Pool *pool);
+extern void PoolAssignHeld(Pool *pool, dlist_head *starting);
+extern void PoolConnect(Pool *pool);
+extern void PoolCloseConn(Conn *conn);
+extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message);
+extern void PoolRetireIdle(void);
+extern void PoolCloseAll(void);
+
+/* in task_exec.c */
+extern void ConnAdvance(Conn *conn, uint32 events);
+extern void ConnSendTask(Conn *conn);
+extern void TaskFail(Task *task, const char *sqlstate, const char *message);
+extern void TaskFailFromConn(Task *task, PGconn *conn, const char *sqlstate);
+
+/* in queue.c */
+extern void QueueBegin(void);
+extern void QueueCommit(void);
+extern void QueuePrepare(void);
+extern int	QueueRecoverInterrupted(void);
+extern void QueueFindPools(void);
+extern void QueueFetch(Pool *pool, int limit);
+extern bool QueueRecordStart(Task *task);
+extern void QueueRecordFinish(Task *task);
+extern bool QueueHasWork(void);
+
+#endif							/* TASK_FDW_DISPATCHER_H */

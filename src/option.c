@@ -1,0 +1,338 @@
+/*-------------------------------------------------------------------------
+ *
+ * option.c
+ *		  Options of task_fdw servers, user mappings and foreign tables: the
+ *		  validator, and the typed views the rest of the code reads.
+ *
+ * The valid options are declared once, in TaskFdwOptions: the libpq
+ * connection options (taken from PQconndefaults, minus the ones task_fdw
+ * sets itself or that would be unsafe) and task_fdw's own options.  The
+ * validator and every reader go through that table.
+ *
+ * IDENTIFICATION
+ *		  src/option.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/reloptions.h"
+#include "catalog/pg_foreign_data_wrapper.h"
+#include "catalog/pg_foreign_server.h"
+#include "catalog/pg_foreign_table.h"
+#include "catalog/pg_user_mapping.h"
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "fmgr.h"
+#include "libpq-fe.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/varlena.h"
+
+#ifdef HAVE_LIBPQSRV_PROXY_CHECK
+#include "libpq/libpq-be-fe-helpers.h"
+#endif
+
+#include "task_fdw.h"
+
+/* One valid option: where it may appear, and whether libpq takes it. */
+typedef struct TaskFdwOption
+{
+	const char *keyword;
+	Oid			optcontext;		/* catalog OID of the object it applies to */
+	bool		is_libpq_opt;
+} TaskFdwOption;
+
+/* task_fdw's own options; the libpq ones are appended at first use. */
+static const TaskFdwOption own_options[] = {
+	{"pool_size", ForeignServerRelationId, false},
+	{NULL, InvalidOid, false}
+};
+
+/* libpq options that task_fdw sets itself for every connection. */
+static const char *const overridden_libpq_options[] = {
+	"application_name", "fallback_application_name", "client_encoding", NULL
+};
+
+/* The full table, built once per process. */
+static TaskFdwOption *TaskFdwOptions = NULL;
+
+PG_FUNCTION_INFO_V1(task_fdw_validator);
+
+static void init_task_fdw_options(void);
+static const TaskFdwOption *find_option(const char *keyword, Oid context);
+static void report_invalid_option(const char *keyword, Oid context);
+static int	parse_int_option(DefElem *def, int min, int max);
+static const char *local_socket_host(void);
+
+/*
+ * init_task_fdw_options builds TaskFdwOptions from our own options and the
+ * libpq options that are safe to pass through.
+ */
+static void
+init_task_fdw_options(void)
+{
+	PQconninfoOption *libpq_options;
+	PQconninfoOption *lopt;
+	TaskFdwOption *opt;
+	int			n = 0;
+
+	if (TaskFdwOptions)
+		return;
+
+	libpq_options = PQconndefaults();
+	if (libpq_options == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Could not get libpq's default connection options.")));
+
+	for (lopt = libpq_options; lopt->keyword; lopt++)
+		n++;
+	n += lengthof(own_options);
+
+	TaskFdwOptions = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(TaskFdwOption) * n);
+	opt = TaskFdwOptions;
+	for (lopt = libpq_options; lopt->keyword; lopt++)
+	{
+		const char *const *skip;
+		bool		skipped = false;
+
+		/* Debug options (such as "replication") are never allowed. */
+		if (strchr(lopt->dispchar, 'D'))
+			continue;
+		for (skip = overridden_libpq_options; *skip; skip++)
+			if (strcmp(*skip, lopt->keyword) == 0)
+				skipped = true;
+#ifdef HAVE_LIBPQSRV_PROXY_CHECK
+		if (!libpqsrv_is_valid_proxy_option(lopt->keyword))
+			skipped = true;
+#endif
+		if (skipped)
+			continue;
+
+		opt->keyword = MemoryContextStrdup(TopMemoryContext, lopt->keyword);
+		/* The user name and secrets belong in user mappings, the rest in servers. */
+		if (strcmp(lopt->keyword, "user") == 0 || strchr(lopt->dispchar, '*'))
+			opt->optcontext = UserMappingRelationId;
+		else
+			opt->optcontext = ForeignServerRelationId;
+		opt->is_libpq_opt = true;
+		opt++;
+	}
+	memcpy(opt, own_options, sizeof(own_options));
+	PQconninfoFree(libpq_options);
+}
+
+/*
+ * find_option returns the table entry for keyword in context, or NULL.
+ */
+static const TaskFdwOption *
+find_option(const char *keyword, Oid context)
+{
+	const TaskFdwOption *opt;
+
+	init_task_fdw_options();
+	for (opt = TaskFdwOptions; opt->keyword; opt++)
+		if (opt->optcontext == context && strcmp(opt->keyword, keyword) == 0)
+			return opt;
+	return NULL;
+}
+
+/*
+ * report_invalid_option raises the error for an option that is not valid in
+ * context, listing the valid ones.
+ */
+static void
+report_invalid_option(const char *keyword, Oid context)
+{
+	const TaskFdwOption *opt;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (opt = TaskFdwOptions; opt->keyword; opt++)
+	{
+		if (opt->optcontext != context)
+			continue;
+		appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "", opt->keyword);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
+			 errmsg("invalid option \"%s\"", keyword),
+			 buf.len > 0
+			 ? errhint("Valid options in this context are: %s", buf.data)
+			 : errhint("There are no valid options in this context.")));
+}
+
+/*
+ * parse_int_option returns the integer value of def, raising an error that
+ * names the option when it is not an integer in [min, max].
+ */
+static int
+parse_int_option(DefElem *def, int min, int max)
+{
+	char	   *value = defGetString(def);
+	int			result;
+
+	if (!parse_int(value, &result, 0, NULL) || result < min || result > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("invalid value for option \"%s\": \"%s\"", def->defname, value),
+				 errhint("The value must be an integer between %d and %d.", min, max)));
+	return result;
+}
+
+/*
+ * task_fdw_validator
+ *		Validate the options given to a task_fdw object: wrapper, server,
+ *		user mapping or foreign table.
+ */
+Datum
+task_fdw_validator(PG_FUNCTION_ARGS)
+{
+	List	   *options = untransformRelOptions(PG_GETARG_DATUM(0));
+	Oid			catalog = PG_GETARG_OID(1);
+	ListCell   *cell;
+
+	foreach(cell, options)
+	{
+		DefElem    *def = (DefElem *) lfirst(cell);
+
+		if (find_option(def->defname, catalog) == NULL)
+			report_invalid_option(def->defname, catalog);
+
+		if (strcmp(def->defname, "pool_size") == 0)
+			(void) parse_int_option(def, 1, 10000);
+		else if (strcmp(def->defname, "port") == 0)
+			(void) parse_int_option(def, 1, 65535);
+		else if (strcmp(def->defname, "connect_timeout") == 0)
+			(void) parse_int_option(def, 0, INT_MAX);
+	}
+
+	PG_RETURN_VOID();
+}
+
+/*
+ * TaskFdwGetServerOptions fills opts with the task_fdw options of server,
+ * defaults first.
+ */
+void
+TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
+{
+	ListCell   *lc;
+
+	opts->pool_size = 4;
+	opts->connect_timeout = 0;
+	foreach(lc, server->options)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+
+		if (strcmp(def->defname, "pool_size") == 0)
+			opts->pool_size = parse_int_option(def, 1, 10000);
+		else if (strcmp(def->defname, "connect_timeout") == 0)
+			opts->connect_timeout = parse_int_option(def, 0, INT_MAX);
+	}
+}
+
+/*
+ * local_socket_host returns the host to reach this cluster: its first Unix
+ * socket directory, or localhost when it has none.
+ */
+static const char *
+local_socket_host(void)
+{
+	char	   *rawstring;
+	List	   *dirs;
+
+	if (Unix_socket_directories == NULL || Unix_socket_directories[0] == '\0')
+		return "localhost";
+	rawstring = pstrdup(Unix_socket_directories);
+	if (!SplitDirectoriesString(rawstring, ',', &dirs) || dirs == NIL)
+		return "localhost";
+	return (const char *) linitial(dirs);
+}
+
+/*
+ * TaskFdwBuildConnParams builds the NULL-terminated libpq keyword and value
+ * arrays for connecting to server as user, with appname as application_name,
+ * and returns how many pairs it set.
+ *
+ * A server without host and hostaddr is the loopback: this cluster, through
+ * its Unix socket and port; without dbname as well, it is this database.
+ */
+int
+TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
+					   const char *appname,
+					   const char ***keywords, const char ***values)
+{
+	List	   *all = list_concat_copy(server->options, user->options);
+	const char **kw;
+	const char **val;
+	bool		has_host = false;
+	bool		has_port = false;
+	bool		has_dbname = false;
+	int			n = 0;
+	ListCell   *lc;
+	char	   *port;
+
+	kw = palloc0(sizeof(char *) * (list_length(all) + 6));
+	val = palloc0(sizeof(char *) * (list_length(all) + 6));
+
+	foreach(lc, all)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+		const TaskFdwOption *opt;
+
+		opt = find_option(def->defname, ForeignServerRelationId);
+		if (opt == NULL)
+			opt = find_option(def->defname, UserMappingRelationId);
+		if (opt == NULL || !opt->is_libpq_opt)
+			continue;
+		if (strcmp(def->defname, "host") == 0 || strcmp(def->defname, "hostaddr") == 0)
+			has_host = true;
+		else if (strcmp(def->defname, "port") == 0)
+			has_port = true;
+		else if (strcmp(def->defname, "dbname") == 0)
+			has_dbname = true;
+		kw[n] = def->defname;
+		val[n] = defGetString(def);
+		n++;
+	}
+
+	if (!has_host)
+	{
+		kw[n] = "host";
+		val[n] = local_socket_host();
+		n++;
+		if (!has_port)
+		{
+			port = psprintf("%d", PostPortNumber);
+			kw[n] = "port";
+			val[n] = port;
+			n++;
+		}
+		if (!has_dbname)
+		{
+			kw[n] = "dbname";
+			val[n] = get_database_name(MyDatabaseId);
+			n++;
+		}
+	}
+	kw[n] = "application_name";
+	val[n] = appname;
+	n++;
+	kw[n] = "client_encoding";
+	val[n] = GetDatabaseEncodingName();
+	n++;
+	kw[n] = NULL;
+	val[n] = NULL;
+
+	*keywords = kw;
+	*values = val;
+	return n;
+}

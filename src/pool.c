@@ -1,0 +1,356 @@
+/*-------------------------------------------------------------------------
+ *
+ * pool.c
+ *		  The dispatcher's pools of libpq connections, one per (server,
+ *		  submitting role), each with at most pool_size connections.
+ *
+ * A pool holds the tasks claimed for it in FIFO order and hands them to
+ * idle connections; when it holds more tasks than it has connections that
+ * could take them, it opens new ones (up to pool_size) without blocking.
+ * Connection options are read from the catalogs each time a connection is
+ * opened, so ALTER SERVER and ALTER USER MAPPING apply to new connections;
+ * a catalog change also retires the existing connections once they are idle.
+ *
+ * IDENTIFICATION
+ *		  src/pool.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_user_mapping.h"
+#include "foreign/foreign.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "task_fdw.h"
+#include "dispatcher.h"
+
+static HTAB *pools = NULL;
+
+static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
+static bool user_mapping_exists(Oid userid, Oid serverid);
+static int	pool_count_state(Pool *pool, ConnState state);
+
+/*
+ * PoolInit creates the pool table and registers the catalog callbacks.
+ */
+void
+PoolInit(void)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(PoolKey);
+	ctl.entrysize = sizeof(Pool);
+	ctl.hcxt = TopMemoryContext;
+	pools = hash_create("task_fdw pools", 16, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, pool_inval_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(USERMAPPINGOID, pool_inval_callback, (Datum) 0);
+}
+
+/*
+ * pool_inval_callback marks every pool's connections as out of date when a
+ * server or user mapping changes.  Changes are rare, so there is no point in
+ * telling which pools they touch; it only sets flags.
+ */
+static void
+pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+
+	hash_seq_init(&status, pools);
+	while ((pool = hash_seq_search(&status)) != NULL)
+		pool->invalidated = true;
+}
+
+/*
+ * PoolTable returns the hash table of pools, for iterating over them.
+ */
+HTAB *
+PoolTable(void)
+{
+	return pools;
+}
+
+/*
+ * PoolLookup returns the pool for (serverid, userid), creating it when
+ * create is true; otherwise returns NULL if there is none.
+ */
+Pool *
+PoolLookup(Oid serverid, Oid userid, bool create)
+{
+	PoolKey		key;
+	Pool	   *pool;
+	bool		found;
+
+	key.serverid = serverid;
+	key.userid = userid;
+	pool = hash_search(pools, &key, create ? HASH_ENTER : HASH_FIND, &found);
+	if (pool != NULL && !found)
+	{
+		pool->pool_size = 1;
+		pool->connect_timeout = 0;
+		dlist_init(&pool->conns);
+		pool->nconns = 0;
+		dlist_init(&pool->held);
+		pool->nheld = 0;
+		pool->has_queued = true;
+		pool->invalidated = false;
+	}
+	return pool;
+}
+
+/*
+ * pool_count_state returns how many of pool's connections are in state.
+ */
+static int
+pool_count_state(Pool *pool, ConnState state)
+{
+	dlist_iter	iter;
+	int			n = 0;
+
+	dlist_foreach(iter, &pool->conns)
+	{
+		Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+		if (conn->state == state)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * PoolBusy returns how many of pool's connections have a task.
+ */
+int
+PoolBusy(Pool *pool)
+{
+	return pool->nconns - pool_count_state(pool, CONN_IDLE) -
+		pool_count_state(pool, CONN_CONNECTING);
+}
+
+/*
+ * PoolCapacity returns how many more tasks pool can claim now.
+ */
+int
+PoolCapacity(Pool *pool)
+{
+	int			free = pool->pool_size - PoolBusy(pool) - pool->nheld;
+
+	return free > 0 ? free : 0;
+}
+
+/*
+ * PoolAssignHeld gives pool's held tasks, oldest first, to its idle
+ * connections, and appends them to starting: their start is recorded
+ * before they are sent.
+ */
+void
+PoolAssignHeld(Pool *pool, dlist_head *starting)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, &pool->conns)
+	{
+		Conn	   *conn = dlist_container(Conn, node, iter.cur);
+		Task	   *task;
+
+		if (pool->nheld == 0)
+			break;
+		if (conn->state != CONN_IDLE)
+			continue;
+		task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+		pool->nheld--;
+		conn->task = task;
+		conn->state = CONN_ASSIGNED;
+		task->conn = conn;
+		task->remote_pid = PQbackendPID(conn->conn);
+		dlist_push_tail(starting, &task->node);
+	}
+}
+
+/*
+ * user_mapping_exists returns whether userid (or PUBLIC) has a user mapping
+ * for serverid; GetUserMapping would raise an error instead.
+ */
+static bool
+user_mapping_exists(Oid userid, Oid serverid)
+{
+	return SearchSysCacheExists2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(userid),
+								 ObjectIdGetDatum(serverid)) ||
+		SearchSysCacheExists2(USERMAPPINGUSERSERVER, ObjectIdGetDatum(InvalidOid),
+							  ObjectIdGetDatum(serverid));
+}
+
+/*
+ * PoolConnect starts the connections pool needs for its held tasks, within
+ * pool_size.  Runs inside a dispatcher transaction, as it reads the catalogs;
+ * starting a connection does not wait for it.
+ */
+void
+PoolConnect(Pool *pool)
+{
+	ForeignServer *server;
+	TaskServerOptions opts;
+
+	if (pool->nheld == 0)
+		return;
+
+	server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
+	if (server == NULL)
+	{
+		PoolFailHeld(pool, "08001", "the foreign server of the task was dropped");
+		return;
+	}
+	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
+	{
+		PoolFailHeld(pool, "28000",
+					 psprintf("user mapping for the submitting role on server \"%s\" was dropped",
+							  server->servername));
+		return;
+	}
+	TaskFdwGetServerOptions(server, &opts);
+	pool->pool_size = opts.pool_size;
+	pool->connect_timeout = opts.connect_timeout;
+
+	while (pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
+		   pool->nconns < pool->pool_size)
+	{
+		UserMapping *user = GetUserMapping(pool->key.userid, pool->key.serverid);
+		Task	   *first = dlist_head_element(Task, node, &pool->held);
+		const char **keywords;
+		const char **values;
+		char	   *appname;
+		PGconn	   *pgconn;
+		Conn	   *conn;
+
+		/* Out of file descriptors: the tasks wait for a connection to close. */
+		if (!AcquireExternalFD())
+			break;
+
+		appname = psprintf("task_fdw task " INT64_FORMAT, first->id);
+		(void) TaskFdwBuildConnParams(server, user, appname, &keywords, &values);
+		pgconn = PQconnectStartParams(keywords, values, false);
+		if (pgconn == NULL || PQstatus(pgconn) == CONNECTION_BAD)
+		{
+			dlist_delete(&first->node);
+			pool->nheld--;
+			if (pgconn)
+				TaskFailFromConn(first, pgconn, "08001");
+			else
+				TaskFail(first, "08001", "out of memory while starting a connection");
+			PQfinish(pgconn);
+			ReleaseExternalFD();
+			DispatcherTaskFinished(first);
+			continue;
+		}
+		PQsetnonblocking(pgconn, 1);
+
+		conn = MemoryContextAllocZero(TopMemoryContext, sizeof(Conn));
+		conn->pool = pool;
+		conn->conn = pgconn;
+		conn->state = CONN_CONNECTING;
+		conn->sock = PQsocket(pgconn);
+		conn->wait_events = WL_SOCKET_WRITEABLE;
+		conn->wait_pos = -1;
+		conn->appname_task = first->id;
+		if (pool->connect_timeout > 0)
+			conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 pool->connect_timeout * 1000);
+		dlist_push_tail(&pool->conns, &conn->node);
+		pool->nconns++;
+		DispatcherConnChanged();
+	}
+}
+
+/*
+ * PoolCloseConn closes conn and forgets it.  Its task, if any, must already
+ * have been finished or handed back by the caller.
+ */
+void
+PoolCloseConn(Conn *conn)
+{
+	Pool	   *pool = conn->pool;
+
+	PQfinish(conn->conn);
+	ReleaseExternalFD();
+	dlist_delete(&conn->node);
+	pool->nconns--;
+	pfree(conn);
+	DispatcherConnChanged();
+}
+
+/*
+ * PoolFailHeld ends every task pool holds as failed, with sqlstate and
+ * message.
+ */
+void
+PoolFailHeld(Pool *pool, const char *sqlstate, const char *message)
+{
+	while (pool->nheld > 0)
+	{
+		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+
+		pool->nheld--;
+		TaskFail(task, sqlstate, message);
+		DispatcherTaskFinished(task);
+	}
+}
+
+/*
+ * PoolRetireIdle closes the idle connections of pools whose server or user
+ * mapping changed; busy ones are closed when their task ends.
+ */
+void
+PoolRetireIdle(void)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+
+	hash_seq_init(&status, pools);
+	while ((pool = hash_seq_search(&status)) != NULL)
+	{
+		dlist_mutable_iter iter;
+
+		if (!pool->invalidated)
+			continue;
+		dlist_foreach_modify(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+			if (conn->state == CONN_IDLE)
+				PoolCloseConn(conn);
+		}
+		if (PoolBusy(pool) == 0 && pool_count_state(pool, CONN_CONNECTING) == 0)
+			pool->invalidated = false;
+	}
+}
+
+/*
+ * PoolCloseAll closes every connection of every pool, at dispatcher exit.
+ */
+void
+PoolCloseAll(void)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+
+	if (pools == NULL)
+		return;
+	hash_seq_init(&status, pools);
+	while ((pool = hash_seq_search(&status)) != NULL)
+	{
+		dlist_mutable_iter iter;
+
+		dlist_foreach_modify(iter, &pool->conns)
+			PoolCloseConn(dlist_container(Conn, node, iter.cur));
+	}
+}

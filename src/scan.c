@@ -1,0 +1,369 @@
+/*-------------------------------------------------------------------------
+ *
+ * scan.c
+ *		  SELECT from a task_fdw foreign table: planning and executing a scan
+ *		  of the task store.
+ *
+ * A foreign table shows the tasks of its server that the current user may
+ * see.  A condition "id = value" or "state = value" (a constant or a
+ * parameter) is pushed down to an index scan of the task store's primary
+ * key or state index; every condition is still checked on the rows.
+ *
+ * IDENTIFICATION
+ *		  src/scan.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "commands/explain.h"
+#include "executor/executor.h"
+#include "foreign/fdwapi.h"
+#include "foreign/foreign.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/clauses.h"
+#include "optimizer/optimizer.h"
+#include "optimizer/pathnode.h"
+#include "optimizer/planmain.h"
+#include "optimizer/restrictinfo.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+
+#include "task_fdw.h"
+#include "compat.h"
+
+/* Which index a scan uses; stored in the plan's fdw_private. */
+typedef enum TaskScanKind
+{
+	TASK_SCAN_ALL,				/* every task of the server */
+	TASK_SCAN_ID,				/* id = fdw_exprs[0] */
+	TASK_SCAN_STATE				/* state = fdw_exprs[0] */
+} TaskScanKind;
+
+/* Planner-side information, in baserel->fdw_private. */
+typedef struct TaskScanPlanInfo
+{
+	TaskScanKind kind;
+	Expr	   *key;			/* the value compared with id or state */
+} TaskScanPlanInfo;
+
+/* Executor state of a scan. */
+typedef struct TaskScanState
+{
+	Relation	store;			/* the task store */
+	TaskColumnMap *map;
+	Oid			serverid;
+	TaskScanKind kind;
+	ExprState  *key_state;
+	SysScanDesc scan;			/* NULL before the start, or if nothing matches */
+	bool		started;
+	MemoryContext rowcxt;		/* reset for every row */
+	Datum	   *values;			/* one task store row */
+	bool	   *nulls;
+} TaskScanState;
+
+static bool match_key(RelOptInfo *baserel, Oid relid, Expr *clause,
+					  TaskScanPlanInfo *info);
+static void start_scan(ForeignScanState *node, TaskScanState *state);
+
+/*
+ * match_key returns whether clause is "id = value" or "state = value" with
+ * a value computable before the scan, and if so fills info.
+ */
+static bool
+match_key(RelOptInfo *baserel, Oid relid, Expr *clause, TaskScanPlanInfo *info)
+{
+	OpExpr	   *op;
+	Node	   *left;
+	Node	   *right;
+	Var		   *var;
+	Node	   *value;
+	char	   *attname;
+
+	if (!IsA(clause, OpExpr))
+		return false;
+	op = (OpExpr *) clause;
+	if (list_length(op->args) != 2)
+		return false;
+	left = linitial(op->args);
+	right = lsecond(op->args);
+	if (IsA(left, Var) && ((Var *) left)->varno == baserel->relid)
+	{
+		var = (Var *) left;
+		value = right;
+	}
+	else if (IsA(right, Var) && ((Var *) right)->varno == baserel->relid)
+	{
+		var = (Var *) right;
+		value = left;
+	}
+	else
+		return false;
+
+	if (!is_pseudo_constant_clause(value) || contain_volatile_functions(value) ||
+		var->varattno <= 0)
+		return false;
+	attname = get_attname(relid, var->varattno, false);
+
+	if (strcmp(attname, "id") == 0 &&
+		(op->opfuncid == F_INT8EQ || op->opfuncid == F_INT84EQ ||
+		 op->opfuncid == F_INT82EQ))
+		info->kind = TASK_SCAN_ID;
+	else if (strcmp(attname, "state") == 0 && op->opfuncid == F_TEXTEQ)
+		info->kind = TASK_SCAN_STATE;
+	else
+		return false;
+	info->key = (Expr *) value;
+	return true;
+}
+
+/*
+ * taskGetForeignRelSize
+ *		Estimate the number of rows and pick the pushed-down condition.
+ */
+void
+taskGetForeignRelSize(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	TaskScanPlanInfo *info = palloc0(sizeof(TaskScanPlanInfo));
+	ListCell   *lc;
+
+	info->kind = TASK_SCAN_ALL;
+	foreach(lc, baserel->baserestrictinfo)
+	{
+		RestrictInfo *rinfo = lfirst_node(RestrictInfo, lc);
+		TaskScanPlanInfo candidate;
+
+		if (match_key(baserel, foreigntableid, rinfo->clause, &candidate) &&
+			(info->kind == TASK_SCAN_ALL || candidate.kind == TASK_SCAN_ID))
+			*info = candidate;
+	}
+	baserel->fdw_private = info;
+	baserel->rows = info->kind == TASK_SCAN_ID ? 1 :
+		info->kind == TASK_SCAN_STATE ? 100 : 1000;
+}
+
+/*
+ * taskGetForeignPaths
+ *		Add the one access path of a task scan.
+ */
+void
+taskGetForeignPaths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	Cost		startup = 1;
+	Cost		total = startup + baserel->rows * cpu_tuple_cost * 4;
+
+	add_path(baserel, (Path *)
+			 tfdw_create_foreignscan_path(root, baserel, baserel->rows,
+										  startup, total, NIL));
+}
+
+/*
+ * taskGetForeignPlan
+ *		Build the ForeignScan plan; every condition stays as a filter.
+ */
+ForeignScan *
+taskGetForeignPlan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
+				   ForeignPath *best_path, List *tlist, List *scan_clauses,
+				   Plan *outer_plan)
+{
+	TaskScanPlanInfo *info = baserel->fdw_private;
+	List	   *fdw_exprs = NIL;
+
+	scan_clauses = extract_actual_clauses(scan_clauses, false);
+	if (info->kind != TASK_SCAN_ALL)
+		fdw_exprs = list_make1(info->key);
+	return make_foreignscan(tlist, scan_clauses, baserel->relid, fdw_exprs,
+							list_make1(makeInteger(info->kind)),
+							NIL, NIL, outer_plan);
+}
+
+/*
+ * taskBeginForeignScan
+ *		Open the task store for a scan.
+ */
+void
+taskBeginForeignScan(ForeignScanState *node, int eflags)
+{
+	ForeignScan *plan = (ForeignScan *) node->ss.ps.plan;
+	Relation	rel = node->ss.ss_currentRelation;
+	TaskScanState *state;
+	int			natts;
+
+	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
+		return;
+
+	state = palloc0(sizeof(TaskScanState));
+	state->store = table_open(TaskStoreRelid(), AccessShareLock);
+	state->map = TaskColumnMapBuild(rel);
+	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
+	state->kind = intVal(linitial(plan->fdw_private));
+	if (state->kind != TASK_SCAN_ALL)
+		state->key_state = ExecInitExpr(linitial(plan->fdw_exprs), (PlanState *) node);
+	state->rowcxt = AllocSetContextCreate(node->ss.ps.state->es_query_cxt,
+										  "task_fdw scan row", ALLOCSET_SMALL_SIZES);
+	natts = RelationGetDescr(state->store)->natts;
+	state->values = palloc(sizeof(Datum) * natts);
+	state->nulls = palloc(sizeof(bool) * natts);
+	node->fdw_state = state;
+}
+
+/*
+ * start_scan begins the index or full scan of the task store, with the key
+ * value computed now (it may be a parameter).
+ */
+static void
+start_scan(ForeignScanState *node, TaskScanState *state)
+{
+	ExprContext *econtext = node->ss.ps.ps_ExprContext;
+	ScanKeyData key;
+	Oid			index = InvalidOid;
+	int			nkeys = 0;
+	MemoryContext old;
+
+	if (state->kind != TASK_SCAN_ALL)
+	{
+		bool		isnull;
+		Datum		value = ExecEvalExprSwitchContext(state->key_state, econtext, &isnull);
+
+		if (isnull)
+			return;				/* "= NULL" matches nothing */
+		if (state->kind == TASK_SCAN_ID)
+		{
+			Oid			type = exprType((Node *) state->key_state->expr);
+			int64		id = type == INT8OID ? DatumGetInt64(value) :
+				type == INT4OID ? DatumGetInt32(value) : DatumGetInt16(value);
+
+			index = TaskStoreIndex("task_pkey");
+			ScanKeyInit(&key, Anum_task_id, BTEqualStrategyNumber, F_INT8EQ,
+						Int64GetDatum(id));
+		}
+		else
+		{
+			index = TaskStoreIndex("task_state_idx");
+			ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, value);
+		}
+		nkeys = 1;
+	}
+	/* Iterate runs in a per-tuple context; the scan must outlive it. */
+	old = MemoryContextSwitchTo(node->ss.ps.state->es_query_cxt);
+	state->scan = systable_beginscan(state->store, index, OidIsValid(index),
+									 node->ss.ps.state->es_snapshot, nkeys, &key);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * taskIterateForeignScan
+ *		Return the next visible task of the table's server.
+ */
+TupleTableSlot *
+taskIterateForeignScan(ForeignScanState *node)
+{
+	TaskScanState *state = node->fdw_state;
+	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
+	TupleDesc	store_desc = RelationGetDescr(state->store);
+	HeapTuple	tup;
+
+	ExecClearTuple(slot);
+	if (!state->started)
+	{
+		start_scan(node, state);
+		state->started = true;
+	}
+	if (state->scan == NULL)
+		return slot;
+
+	MemoryContextReset(state->rowcxt);
+	while ((tup = systable_getnext(state->scan)) != NULL)
+	{
+		MemoryContext old;
+		int			i;
+
+		if (DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, store_desc,
+										  &state->nulls[0])) != state->serverid)
+			continue;
+		if (!TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tup, Anum_task_userid,
+																store_desc,
+																&state->nulls[0]))))
+			continue;
+
+		old = MemoryContextSwitchTo(state->rowcxt);
+		heap_deform_tuple(heap_copytuple(tup), store_desc, state->values, state->nulls);
+		MemoryContextSwitchTo(old);
+		for (i = 0; i < state->map->natts; i++)
+		{
+			const TaskAttribute *attr = state->map->attrs[i];
+
+			slot->tts_isnull[i] = attr == NULL || state->nulls[attr->task_attnum - 1];
+			slot->tts_values[i] = slot->tts_isnull[i] ? (Datum) 0 :
+				state->values[attr->task_attnum - 1];
+		}
+		return ExecStoreVirtualTuple(slot);
+	}
+	return slot;
+}
+
+/*
+ * taskReScanForeignScan
+ *		Restart the scan; the key is computed again.
+ */
+void
+taskReScanForeignScan(ForeignScanState *node)
+{
+	TaskScanState *state = node->fdw_state;
+
+	if (state->scan)
+		systable_endscan(state->scan);
+	state->scan = NULL;
+	state->started = false;
+}
+
+/*
+ * taskEndForeignScan
+ *		End the scan and close the task store.
+ */
+void
+taskEndForeignScan(ForeignScanState *node)
+{
+	TaskScanState *state = node->fdw_state;
+
+	if (state == NULL)
+		return;
+	if (state->scan)
+		systable_endscan(state->scan);
+	table_close(state->store, AccessShareLock);
+}
+
+/*
+ * taskExplainForeignScan
+ *		Show which condition was pushed down to the task store's index.
+ */
+void
+taskExplainForeignScan(ForeignScanState *node, ExplainState *es)
+{
+	ForeignScan *plan = (ForeignScan *) node->ss.ps.plan;
+	TaskScanKind kind = intVal(linitial(plan->fdw_private));
+	List	   *context;
+	char	   *value;
+
+	if (kind == TASK_SCAN_ALL)
+	{
+		ExplainPropertyText("Task Scan", "all tasks of the server", es);
+		return;
+	}
+	context = set_deparse_context_plan(es->deparse_cxt, (Plan *) plan, NIL);
+	value = deparse_expression(linitial(plan->fdw_exprs), context, false, false);
+	ExplainPropertyText("Task Index Cond",
+						psprintf("%s = %s", kind == TASK_SCAN_ID ? "id" : "state", value),
+						es);
+}

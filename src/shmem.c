@@ -1,0 +1,268 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		  The shared registry of dispatchers, and waking a dispatcher when a
+ *		  transaction that submitted tasks commits.
+ *
+ * Each database that has tasks gets a slot.  A submitting backend makes sure
+ * its database has a slot while it can still raise errors (at INSERT), and
+ * at commit only sets flags and latches: it sets work_pending and wakes the
+ * running dispatcher, or marks the slot wanted and wakes the launcher, which
+ * starts one.  A dispatcher exits when idle only if no commit set
+ * work_pending in the meantime, under the same lock, so no wake-up is lost.
+ *
+ * IDENTIFICATION
+ *		  src/shmem.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "task_fdw.h"
+#include "compat.h"
+
+TaskFdwShared *TaskFdwState = NULL;
+
+/* This transaction submitted tasks: wake the dispatcher at commit. */
+static bool wakeup_at_commit = false;
+
+static Size task_fdw_shmem_size(void);
+static DispatcherSlot *find_slot(Oid dboid);
+
+/*
+ * task_fdw_shmem_size returns the size of the shared state: one slot per
+ * possible background worker.
+ */
+static Size
+task_fdw_shmem_size(void)
+{
+	return add_size(offsetof(TaskFdwShared, slots),
+					mul_size(sizeof(DispatcherSlot), max_worker_processes));
+}
+
+/*
+ * TaskFdwShmemRequest asks for the shared memory and lock task_fdw needs.
+ */
+void
+TaskFdwShmemRequest(void)
+{
+	RequestAddinShmemSpace(task_fdw_shmem_size());
+	RequestNamedLWLockTranche("task_fdw", 1);
+}
+
+/*
+ * TaskFdwShmemStartup attaches to (creating if needed) the shared state.
+ */
+void
+TaskFdwShmemStartup(void)
+{
+	bool		found;
+	int			i;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	TaskFdwState = ShmemInitStruct("task_fdw", task_fdw_shmem_size(), &found);
+	if (!found)
+	{
+		TaskFdwState->lock = &(GetNamedLWLockTranche("task_fdw"))->lock;
+		TaskFdwState->launcher_pid = 0;
+		TaskFdwState->launcher_procno = -1;
+		ConditionVariableInit(&TaskFdwState->task_finished);
+		TaskFdwState->nslots = max_worker_processes;
+		for (i = 0; i < TaskFdwState->nslots; i++)
+		{
+			DispatcherSlot *slot = &TaskFdwState->slots[i];
+
+			memset(slot, 0, sizeof(DispatcherSlot));
+			slot->procno = -1;
+			pg_atomic_init_u32(&slot->work_pending, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * find_slot returns dboid's slot, or NULL.  The caller holds the lock.
+ */
+static DispatcherSlot *
+find_slot(Oid dboid)
+{
+	int			i;
+
+	for (i = 0; i < TaskFdwState->nslots; i++)
+		if (TaskFdwState->slots[i].dboid == dboid)
+			return &TaskFdwState->slots[i];
+	return NULL;
+}
+
+/*
+ * TaskFdwSetProcLatch sets the latch of the process with PGPROC index procno.
+ */
+void
+TaskFdwSetProcLatch(int procno)
+{
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * TaskFdwRequestDispatcher makes sure this database has a dispatcher slot
+ * and arranges to wake its dispatcher when the transaction commits.
+ *
+ * Called while submitting, where an error is still allowed, so that commit
+ * itself has nothing left that could fail.
+ */
+void
+TaskFdwRequestDispatcher(void)
+{
+	DispatcherSlot *slot;
+
+	TaskFdwCheckPreloaded();
+	if (wakeup_at_commit)
+		return;
+
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	slot = find_slot(MyDatabaseId);
+	if (slot == NULL)
+		slot = find_slot(InvalidOid);
+	if (slot == NULL)
+	{
+		LWLockRelease(TaskFdwState->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many databases use task_fdw"),
+				 errdetail("Each database with tasks needs a dispatcher, and there are at most %d.",
+						   TaskFdwState->nslots),
+				 errhint("Increase max_worker_processes.")));
+	}
+	slot->dboid = MyDatabaseId;
+	LWLockRelease(TaskFdwState->lock);
+
+	wakeup_at_commit = true;
+}
+
+/*
+ * TaskFdwXactCallback refuses PREPARE of a transaction that submitted tasks
+ * and wakes the dispatcher when one commits.
+ */
+void
+TaskFdwXactCallback(XactEvent event, void *arg)
+{
+	DispatcherSlot *slot;
+
+	if (!wakeup_at_commit)
+		return;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has submitted task_fdw tasks"),
+					 errhint("Commit the transaction instead; tasks start only after a commit.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			wakeup_at_commit = false;
+			LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+			slot = find_slot(MyDatabaseId);
+			if (slot != NULL)
+			{
+				pg_atomic_write_u32(&slot->work_pending, 1);
+				if (slot->pid != 0)
+					TaskFdwSetProcLatch(slot->procno);
+				else
+				{
+					slot->wanted = true;
+					TaskFdwSetProcLatch(TaskFdwState->launcher_procno);
+				}
+			}
+			LWLockRelease(TaskFdwState->lock);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wakeup_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * TaskFdwSlotAttach claims dboid's slot for the calling dispatcher and
+ * returns it, or returns NULL when another dispatcher already runs there.
+ */
+DispatcherSlot *
+TaskFdwSlotAttach(Oid dboid)
+{
+	DispatcherSlot *slot;
+
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	slot = find_slot(dboid);
+	if (slot == NULL)
+		slot = find_slot(InvalidOid);
+	if (slot == NULL || (slot->pid != 0 && slot->pid != MyProcPid))
+	{
+		LWLockRelease(TaskFdwState->lock);
+		return NULL;
+	}
+	slot->dboid = dboid;
+	slot->pid = MyProcPid;
+	slot->procno = tfdw_my_procno();
+	slot->wanted = true;
+	LWLockRelease(TaskFdwState->lock);
+	return slot;
+}
+
+/*
+ * TaskFdwSlotIdleExit gives up the slot and returns true, unless a submitter
+ * committed since the dispatcher last looked, in which case it returns false
+ * and the dispatcher goes on.
+ */
+bool
+TaskFdwSlotIdleExit(DispatcherSlot *slot)
+{
+	bool		exiting = false;
+
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	if (pg_atomic_read_u32(&slot->work_pending) == 0)
+	{
+		slot->pid = 0;
+		slot->procno = -1;
+		slot->wanted = false;
+		exiting = true;
+	}
+	LWLockRelease(TaskFdwState->lock);
+	return exiting;
+}
+
+/*
+ * TaskFdwSlotDetach releases the slot of an exiting dispatcher.  With forget,
+ * the database needs no dispatcher (it has no task_fdw); otherwise the slot
+ * stays wanted and the launcher starts a new dispatcher.
+ */
+void
+TaskFdwSlotDetach(DispatcherSlot *slot, bool forget)
+{
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->procno = -1;
+		if (forget && pg_atomic_read_u32(&slot->work_pending) == 0)
+		{
+			slot->wanted = false;
+			slot->dboid = InvalidOid;
+		}
+		if (slot->wanted)
+			TaskFdwSetProcLatch(TaskFdwState->launcher_procno);
+	}
+	LWLockRelease(TaskFdwState->lock);
+}

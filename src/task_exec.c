@@ -1,0 +1,523 @@
+/*-------------------------------------------------------------------------
+ *
+ * task_exec.c
+ *		  The per-connection state machine: connecting, resetting the session,
+ *		  sending a task, reading its results, and capturing its outcome.
+ *
+ * Nothing here waits: ConnAdvance is called by the dispatcher's event loop
+ * when a connection's socket is ready, does what libpq can do without
+ * blocking (PQconnectPoll, PQflush, PQconsumeInput, PQgetResult only while
+ * !PQisBusy) and returns.  Results are read in single-row mode, so a huge
+ * result never sits in memory: the first task_fdw.max_result_rows rows
+ * (within task_fdw.max_result_bytes) are kept as JSON, the rest counted.
+ *
+ * IDENTIFICATION
+ *		  src/task_exec.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "storage/latch.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "task_fdw.h"
+#include "dispatcher.h"
+
+/*
+ * What a pooled connection runs before a task when an earlier task used it:
+ * the effect of DISCARD ALL (which cannot run in a multi-statement string),
+ * then the new task's application_name.
+ */
+#define SESSION_RESET_SQL \
+	"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; " \
+	"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; " \
+	"DISCARD TEMP; DISCARD SEQUENCES; "
+
+static void conn_poll_connect(Conn *conn);
+static void conn_io(Conn *conn, uint32 events);
+static void conn_lost(Conn *conn);
+static void conn_task_done(Conn *conn, bool reusable);
+static bool conn_flush(Conn *conn);
+static void capture_result(Task *task, PGresult *res);
+static void capture_row(Task *task, PGresult *res);
+static void capture_error(Task *task, PGresult *res, PGconn *pgconn);
+static void append_json_value(StringInfo buf, PGresult *res, int col);
+static void discard_notice(void *arg, const PGresult *res);
+static bool is_json_number(const char *s);
+static char *task_strdup(Task *task, const char *s);
+
+/*
+ * ConnAdvance moves conn's state machine on after its socket reported events.
+ */
+void
+ConnAdvance(Conn *conn, uint32 events)
+{
+	switch (conn->state)
+	{
+		case CONN_CONNECTING:
+			conn_poll_connect(conn);
+			break;
+		case CONN_IDLE:
+			/* An idle connection only becomes readable when it is closing. */
+			if (!PQconsumeInput(conn->conn) || PQstatus(conn->conn) == CONNECTION_BAD)
+				conn_lost(conn);
+			else
+			{
+				PGnotify   *notify;
+
+				while ((notify = PQnotifies(conn->conn)) != NULL)
+					PQfreemem(notify);
+			}
+			break;
+		case CONN_ASSIGNED:
+			/* Its start is recorded before the loop waits again. */
+			break;
+		case CONN_RESETTING:
+		case CONN_RUNNING:
+			conn_io(conn, events);
+			break;
+		case CONN_CLOSED:
+			break;
+	}
+}
+
+/*
+ * conn_poll_connect continues establishing conn; once connected, the pool
+ * gives it a held task.
+ */
+static void
+conn_poll_connect(Conn *conn)
+{
+	switch (PQconnectPoll(conn->conn))
+	{
+		case PGRES_POLLING_READING:
+			conn->wait_events = WL_SOCKET_READABLE;
+			break;
+		case PGRES_POLLING_WRITING:
+			conn->wait_events = WL_SOCKET_WRITEABLE;
+			break;
+		case PGRES_POLLING_OK:
+			conn->state = CONN_IDLE;
+			conn->wait_events = WL_SOCKET_READABLE;
+			conn->deadline = 0;
+			PQsetNoticeReceiver(conn->conn, discard_notice, NULL);
+			break;
+		case PGRES_POLLING_FAILED:
+		default:
+			conn_lost(conn);
+			return;
+	}
+	/* libpq may switch sockets while connecting (several hosts, SSL retry). */
+	if (PQsocket(conn->conn) != conn->sock)
+	{
+		conn->sock = PQsocket(conn->conn);
+		DispatcherConnChanged();
+	}
+}
+
+/*
+ * conn_lost fails whatever conn was doing because the connection broke or
+ * could not be made, and closes it.
+ */
+static void
+conn_lost(Conn *conn)
+{
+	Pool	   *pool = conn->pool;
+	Task	   *task = conn->task;
+
+	if (task == NULL && conn->state == CONN_CONNECTING && pool->nheld > 0)
+	{
+		/* The task this connection was opened for fails with it. */
+		task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+		pool->nheld--;
+	}
+	if (task != NULL)
+	{
+		TaskFailFromConn(task, conn->conn,
+						 conn->state == CONN_CONNECTING ? "08001" : "08006");
+		task->conn = NULL;
+		conn->task = NULL;
+		DispatcherTaskFinished(task);
+	}
+	conn->state = CONN_CLOSED;
+	PoolCloseConn(conn);
+}
+
+/*
+ * conn_flush sends what libpq has buffered and returns false if the
+ * connection broke.  Until everything is sent, conn also waits to write.
+ */
+static bool
+conn_flush(Conn *conn)
+{
+	int			rc = PQflush(conn->conn);
+
+	if (rc < 0)
+		return false;
+	conn->wait_events = WL_SOCKET_READABLE | (rc > 0 ? WL_SOCKET_WRITEABLE : 0);
+	return true;
+}
+
+/*
+ * ConnSendTask sends conn's task, once its start has been recorded: first
+ * the session reset or application_name change it needs, if any.
+ */
+void
+ConnSendTask(Conn *conn)
+{
+	Task	   *task = conn->task;
+	const char *sql = task->sql;
+	bool		reset = conn->used || conn->appname_task != task->id;
+
+	task->started_at = GetCurrentTimestamp();
+	if (reset)
+		sql = psprintf("%sSET application_name = 'task_fdw task " INT64_FORMAT "'",
+					   conn->used ? SESSION_RESET_SQL : "", task->id);
+	conn->used = true;
+	conn->appname_task = task->id;
+	conn->state = reset ? CONN_RESETTING : CONN_RUNNING;
+
+	if (!PQsendQuery(conn->conn, sql) ||
+		(!reset && !PQsetSingleRowMode(conn->conn)) ||
+		!conn_flush(conn))
+		conn_lost(conn);
+}
+
+/*
+ * conn_io flushes, reads and consumes results of conn's running command
+ * for as long as that can be done without blocking.
+ */
+static void
+conn_io(Conn *conn, uint32 events)
+{
+	PGresult   *res;
+
+	if ((events & WL_SOCKET_WRITEABLE) && !conn_flush(conn))
+	{
+		conn_lost(conn);
+		return;
+	}
+	if ((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn->conn))
+	{
+		conn_lost(conn);
+		return;
+	}
+
+	while (!PQisBusy(conn->conn))
+	{
+		res = PQgetResult(conn->conn);
+		if (res == NULL)
+		{
+			if (conn->state == CONN_RESETTING && conn->task->final_state == NULL)
+			{
+				conn->state = CONN_RUNNING;
+				if (!PQsendQuery(conn->conn, conn->task->sql) ||
+					!PQsetSingleRowMode(conn->conn) || !conn_flush(conn))
+				{
+					conn_lost(conn);
+					return;
+				}
+				continue;
+			}
+			conn_task_done(conn, true);
+			return;
+		}
+		if (PQresultStatus(res) == PGRES_COPY_IN ||
+			PQresultStatus(res) == PGRES_COPY_OUT ||
+			PQresultStatus(res) == PGRES_COPY_BOTH)
+		{
+			/* There is no client to copy from or to; the session cannot go on. */
+			PQclear(res);
+			TaskFail(conn->task, "0A000",
+					 "COPY from stdin or to stdout is not supported in a task");
+			conn_task_done(conn, false);
+			return;
+		}
+		if (conn->state == CONN_RESETTING)
+		{
+			if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+				capture_error(conn->task, res, conn->conn);
+		}
+		else
+			capture_result(conn->task, res);
+		PQclear(res);
+	}
+}
+
+/*
+ * conn_task_done ends conn's task once its last result has been read, and
+ * keeps conn for the next task if reusable and its session is clean.
+ */
+static void
+conn_task_done(Conn *conn, bool reusable)
+{
+	Task	   *task = conn->task;
+
+	if (task->final_state == NULL)
+		task->final_state = TFDW_STATE_DONE;
+	task->finished_at = GetCurrentTimestamp();
+	task->conn = NULL;
+	conn->task = NULL;
+	DispatcherTaskFinished(task);
+
+	/* A task that left a transaction open, or a broken session, is not reused. */
+	if (!reusable || PQstatus(conn->conn) != CONNECTION_OK ||
+		PQtransactionStatus(conn->conn) != PQTRANS_IDLE ||
+		conn->pool->invalidated)
+	{
+		conn->state = CONN_CLOSED;
+		PoolCloseConn(conn);
+		return;
+	}
+	conn->state = CONN_IDLE;
+	conn->wait_events = WL_SOCKET_READABLE;
+}
+
+/*
+ * capture_result records one result of a task's SQL; the last one wins.
+ */
+static void
+capture_result(Task *task, PGresult *res)
+{
+	char	   *tuples;
+
+	switch (PQresultStatus(res))
+	{
+		case PGRES_SINGLE_TUPLE:
+			capture_row(task, res);
+			break;
+		case PGRES_TUPLES_OK:
+			if (!task->in_result)
+			{
+				/* A row set with no rows. */
+				resetStringInfo(&task->result);
+				appendStringInfoChar(&task->result, '[');
+				task->rows = 0;
+				task->result_rows = 0;
+				task->truncated = false;
+			}
+			appendStringInfoChar(&task->result, ']');
+			task->in_result = false;
+			task->has_result = true;
+			task->has_rows = true;
+			task->command_tag = task_strdup(task, PQcmdStatus(res));
+			break;
+		case PGRES_COMMAND_OK:
+			task->has_result = false;
+			task->command_tag = task_strdup(task, PQcmdStatus(res));
+			tuples = PQcmdTuples(res);
+			task->has_rows = tuples[0] != '\0';
+			task->rows = task->has_rows ? strtoi64(tuples, NULL, 10) : 0;
+			break;
+		case PGRES_EMPTY_QUERY:
+			task->has_result = false;
+			task->has_rows = false;
+			task->command_tag = NULL;
+			break;
+		default:
+			capture_error(task, res, task->conn->conn);
+			break;
+	}
+}
+
+/*
+ * capture_row appends one row of a row set to the task's JSON result, or
+ * only counts it once the row or byte cap is reached.
+ */
+static void
+capture_row(Task *task, PGresult *res)
+{
+	int			ncols = PQnfields(res);
+	int			col;
+
+	if (!task->in_result)
+	{
+		resetStringInfo(&task->result);
+		appendStringInfoChar(&task->result, '[');
+		task->in_result = true;
+		task->rows = 0;
+		task->result_rows = 0;
+		task->truncated = false;
+	}
+	task->rows++;
+	if (task->result_rows >= TaskFdwMaxResultRows ||
+		task->result.len >= TaskFdwMaxResultBytes)
+	{
+		task->truncated = true;
+		return;
+	}
+
+	if (task->result_rows > 0)
+		appendStringInfoChar(&task->result, ',');
+	appendStringInfoChar(&task->result, '{');
+	for (col = 0; col < ncols; col++)
+	{
+		if (col > 0)
+			appendStringInfoChar(&task->result, ',');
+		escape_json(&task->result, PQfname(res, col));
+		appendStringInfoChar(&task->result, ':');
+		append_json_value(&task->result, res, col);
+	}
+	appendStringInfoChar(&task->result, '}');
+	task->result_rows++;
+}
+
+/*
+ * append_json_value appends field col of res's row as JSON: numbers and
+ * booleans as such, json and jsonb as they are, anything else as a string.
+ */
+static void
+append_json_value(StringInfo buf, PGresult *res, int col)
+{
+	const char *value;
+
+	if (PQgetisnull(res, 0, col))
+	{
+		appendStringInfoString(buf, "null");
+		return;
+	}
+	value = PQgetvalue(res, 0, col);
+	switch (PQftype(res, col))
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+			if (is_json_number(value))
+				appendStringInfoString(buf, value);
+			else
+				escape_json(buf, value);	/* NaN, Infinity */
+			break;
+		case BOOLOID:
+			appendStringInfoString(buf, value[0] == 't' ? "true" : "false");
+			break;
+		case JSONOID:
+		case JSONBOID:
+			appendStringInfoString(buf, value);
+			break;
+		default:
+			escape_json(buf, value);
+			break;
+	}
+}
+
+/*
+ * is_json_number returns whether s is a number as JSON writes numbers.
+ */
+static bool
+is_json_number(const char *s)
+{
+	const char *p = s;
+
+	if (*p == '-')
+		p++;
+	if (!isdigit((unsigned char) *p))
+		return false;
+	if (*p == '0' && isdigit((unsigned char) p[1]))
+		return false;
+	while (isdigit((unsigned char) *p))
+		p++;
+	if (*p == '.')
+	{
+		p++;
+		if (!isdigit((unsigned char) *p))
+			return false;
+		while (isdigit((unsigned char) *p))
+			p++;
+	}
+	if (*p == 'e' || *p == 'E')
+	{
+		p++;
+		if (*p == '+' || *p == '-')
+			p++;
+		if (!isdigit((unsigned char) *p))
+			return false;
+		while (isdigit((unsigned char) *p))
+			p++;
+	}
+	return *p == '\0';
+}
+
+/*
+ * task_strdup copies s into the task's memory context (NULL stays NULL).
+ */
+static char *
+task_strdup(Task *task, const char *s)
+{
+	return s ? MemoryContextStrdup(task->cxt, s) : NULL;
+}
+
+/*
+ * capture_error records a failed result's error fields on the task; only
+ * the first error of a task is kept, as later statements never ran.
+ */
+static void
+capture_error(Task *task, PGresult *res, PGconn *pgconn)
+{
+	const char *message;
+
+	if (task->final_state != NULL)
+		return;
+	message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	if (message == NULL)
+	{
+		TaskFailFromConn(task, pgconn, "08006");
+		return;
+	}
+	task->final_state = TFDW_STATE_FAILED;
+	task->error = task_strdup(task, message);
+	task->sqlstate = task_strdup(task, PQresultErrorField(res, PG_DIAG_SQLSTATE));
+	task->error_detail = task_strdup(task, PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+	task->error_hint = task_strdup(task, PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+	task->error_context = task_strdup(task, PQresultErrorField(res, PG_DIAG_CONTEXT));
+	task->has_result = false;
+	task->has_rows = false;
+	task->command_tag = NULL;
+}
+
+/*
+ * TaskFail ends task as failed with sqlstate and message, unless it already
+ * failed.
+ */
+void
+TaskFail(Task *task, const char *sqlstate, const char *message)
+{
+	if (task->final_state != NULL && strcmp(task->final_state, TFDW_STATE_FAILED) == 0)
+		return;
+	task->final_state = TFDW_STATE_FAILED;
+	task->error = task_strdup(task, message);
+	task->sqlstate = task_strdup(task, sqlstate);
+	task->has_result = false;
+	task->has_rows = false;
+	task->command_tag = NULL;
+	task->finished_at = GetCurrentTimestamp();
+}
+
+/*
+ * TaskFailFromConn ends task as failed with libpq's message for pgconn.
+ */
+void
+TaskFailFromConn(Task *task, PGconn *pgconn, const char *sqlstate)
+{
+	char	   *message = pchomp(PQerrorMessage(pgconn));
+
+	if (message[0] == '\0')
+		message = "connection to the server was lost";
+	TaskFail(task, sqlstate, message);
+}
+
+/*
+ * discard_notice drops a notice from the remote, which libpq would
+ * otherwise print to the server log.
+ */
+static void
+discard_notice(void *arg, const PGresult *res)
+{
+}

@@ -1,0 +1,215 @@
+/*-------------------------------------------------------------------------
+ *
+ * task_fdw.h
+ *		  Shared definitions of task_fdw: the task attribute contract, the
+ *		  shared-memory registry of dispatchers, GUCs and cross-file functions.
+ *
+ * Vocabulary used throughout the sources:
+ *	- a task is one row of the task store: a SQL string to run on a server
+ *	  on behalf of the role that inserted it;
+ *	- the dispatcher is the background worker (one per database) that runs
+ *	  queued tasks through pools of libpq connections;
+ *	- a pool is the set of connections for one (server, submitting role);
+ *	- the launcher is the background worker that starts dispatchers.
+ *
+ * IDENTIFICATION
+ *		  src/task_fdw.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TASK_FDW_H
+#define TASK_FDW_H
+
+#include "access/attnum.h"
+#include "access/xact.h"
+#include "datatype/timestamp.h"
+#include "foreign/foreign.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+#include "utils/relcache.h"
+
+/*
+ * Columns of the task store, task_fdw.task, in the order the extension script
+ * creates them.  Upgrade scripts may only append columns.
+ */
+#define Anum_task_id				1
+#define Anum_task_server_id			2
+#define Anum_task_userid			3
+#define Anum_task_sql				4
+#define Anum_task_state				5
+#define Anum_task_submitted_by		6
+#define Anum_task_submitted_at		7
+#define Anum_task_started_at		8
+#define Anum_task_finished_at		9
+#define Anum_task_remote_pid		10
+#define Anum_task_command_tag		11
+#define Anum_task_rows				12
+#define Anum_task_result			13
+#define Anum_task_result_truncated	14
+#define Anum_task_error				15
+#define Anum_task_sqlstate			16
+#define Anum_task_error_detail		17
+#define Anum_task_error_hint		18
+#define Anum_task_error_context		19
+#define Natts_task					19
+
+/* Task states, as stored and shown. */
+#define TFDW_STATE_QUEUED		"queued"
+#define TFDW_STATE_RUNNING		"running"
+#define TFDW_STATE_DONE			"done"
+#define TFDW_STATE_FAILED		"failed"
+#define TFDW_STATE_CANCELLED	"cancelled"
+
+/*
+ * One attribute a foreign table of task_fdw may declare: its name and type
+ * are the contract; task_attnum says where it lives in the task store.
+ */
+typedef struct TaskAttribute
+{
+	const char *name;
+	Oid			typid;
+	AttrNumber	task_attnum;
+	bool		writable;		/* may be given by INSERT */
+} TaskAttribute;
+
+/*
+ * Per-foreign-table mapping from its columns to task attributes, built once
+ * per scan or modify.  attrs[i] describes column i + 1, or is NULL for a
+ * dropped column.
+ */
+typedef struct TaskColumnMap
+{
+	int			natts;
+	const TaskAttribute **attrs;
+} TaskColumnMap;
+
+/* One dispatcher slot in shared memory. */
+typedef struct DispatcherSlot
+{
+	Oid			dboid;			/* database, or InvalidOid if the slot is free */
+	pid_t		pid;			/* running dispatcher, or 0 */
+	int			procno;			/* its PGPROC index, for SetLatch */
+	bool		wanted;			/* a dispatcher should run for dboid */
+	pg_atomic_uint32 work_pending;	/* set by committing submitters */
+} DispatcherSlot;
+
+/* The shared state of task_fdw, one per cluster. */
+typedef struct TaskFdwShared
+{
+	LWLock	   *lock;			/* protects the slots and launcher fields */
+	pid_t		launcher_pid;
+	int			launcher_procno;
+	ConditionVariable task_finished; /* broadcast after tasks finish */
+	int			nslots;
+	DispatcherSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} TaskFdwShared;
+
+/* in scan.c */
+struct PlannerInfo;
+struct RelOptInfo;
+struct ForeignPath;
+struct ForeignScanState;
+struct ExplainState;
+struct ModifyTableState;
+struct ResultRelInfo;
+struct EState;
+struct TupleTableSlot;
+struct ForeignScan;
+struct Plan;
+struct ModifyTable;
+struct ImportForeignSchemaStmt;
+struct TupleTableSlot;
+
+extern void taskGetForeignRelSize(struct PlannerInfo *root, struct RelOptInfo *baserel,
+								  Oid foreigntableid);
+extern void taskGetForeignPaths(struct PlannerInfo *root, struct RelOptInfo *baserel,
+								Oid foreigntableid);
+extern struct ForeignScan *taskGetForeignPlan(struct PlannerInfo *root,
+											  struct RelOptInfo *baserel,
+											  Oid foreigntableid,
+											  struct ForeignPath *best_path,
+											  List *tlist, List *scan_clauses,
+											  struct Plan *outer_plan);
+extern void taskBeginForeignScan(struct ForeignScanState *node, int eflags);
+extern struct TupleTableSlot *taskIterateForeignScan(struct ForeignScanState *node);
+extern void taskReScanForeignScan(struct ForeignScanState *node);
+extern void taskEndForeignScan(struct ForeignScanState *node);
+extern void taskExplainForeignScan(struct ForeignScanState *node,
+								   struct ExplainState *es);
+
+/* in modify.c */
+extern int	taskIsForeignRelUpdatable(Relation rel);
+extern List *taskPlanForeignModify(struct PlannerInfo *root, struct ModifyTable *plan,
+								   Index resultRelation, int subplan_index);
+extern void taskBeginForeignModify(struct ModifyTableState *mtstate,
+								   struct ResultRelInfo *rinfo, List *fdw_private,
+								   int subplan_index, int eflags);
+extern struct TupleTableSlot *taskExecForeignInsert(struct EState *estate,
+													struct ResultRelInfo *rinfo,
+													struct TupleTableSlot *slot,
+													struct TupleTableSlot *planSlot);
+extern void taskEndForeignModify(struct EState *estate, struct ResultRelInfo *rinfo);
+extern void taskBeginForeignInsert(struct ModifyTableState *mtstate,
+								   struct ResultRelInfo *rinfo);
+extern void taskEndForeignInsert(struct EState *estate, struct ResultRelInfo *rinfo);
+
+/* in task_fdw.c */
+extern bool TaskFdwPreloaded;
+extern int	TaskFdwMaxResultRows;
+extern int	TaskFdwMaxResultBytes;
+extern int	TaskFdwIdleTimeout;
+extern int	TaskFdwRecheckInterval;
+extern void TaskFdwCheckPreloaded(void);
+
+/* in option.c */
+typedef struct TaskServerOptions
+{
+	int			pool_size;
+	int			connect_timeout;	/* seconds, 0 = none */
+} TaskServerOptions;
+extern void TaskFdwGetServerOptions(ForeignServer *server,
+									TaskServerOptions *opts);
+extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
+								   const char *appname,
+								   const char ***keywords, const char ***values);
+
+/* in attrs.c */
+extern const TaskAttribute *TaskAttributeLookup(const char *name);
+extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
+extern Oid	TaskStoreRelid(void);
+extern Oid	TaskStoreIndex(const char *indexname);
+extern bool IsTaskFdwServer(Oid serverid);
+extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,
+									 Oid serverOid);
+
+/* in shmem.c */
+extern TaskFdwShared *TaskFdwState;
+extern void TaskFdwShmemRequest(void);
+extern void TaskFdwShmemStartup(void);
+extern void TaskFdwRequestDispatcher(void);
+extern void TaskFdwXactCallback(XactEvent event, void *arg);
+extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
+extern bool TaskFdwSlotIdleExit(DispatcherSlot *slot);
+extern void TaskFdwSlotDetach(DispatcherSlot *slot, bool forget);
+extern void TaskFdwSetProcLatch(int procno);
+
+/* in launcher.c */
+extern void TaskFdwRegisterLauncher(void);
+
+/* in store.c */
+typedef struct TaskInsertState TaskInsertState;
+extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
+extern int64 TaskStoreInsert(TaskInsertState *state, Oid serverid, Oid userid,
+							 const char *submitted_by, Datum sql,
+							 TimestampTz submitted_at);
+extern void TaskStoreEndInsert(TaskInsertState *state);
+extern bool TaskStoreTaskVisible(Oid task_userid);
+extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id);
+
+/* in wait.c */
+extern void TaskFdwWakeWaiters(void);
+
+#endif							/* TASK_FDW_H */
