@@ -95,7 +95,6 @@ BEGIN
     FOR r IN SELECT DISTINCT c.objid
                FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
               WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-                AND c.object_type OPERATOR(pg_catalog.=) 'foreign table'
     LOOP
         PERFORM task_fdw.check_table(r.objid::pg_catalog.regclass);
     END LOOP;

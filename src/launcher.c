@@ -199,6 +199,7 @@ start_wanted_dispatchers(LauncherSlot *locals)
 		LauncherSlot *local = &locals[i];
 		Oid			dboid;
 		bool		wanted;
+		bool		clean_exit;
 		pid_t		pid;
 		pid_t		worker_pid;
 		long		since;
@@ -206,6 +207,7 @@ start_wanted_dispatchers(LauncherSlot *locals)
 		LWLockAcquire(TaskFdwState->lock, LW_SHARED);
 		dboid = slot->dboid;
 		wanted = slot->wanted;
+		clean_exit = slot->clean_exit;
 		pid = slot->pid;
 		LWLockRelease(TaskFdwState->lock);
 
@@ -217,8 +219,9 @@ start_wanted_dispatchers(LauncherSlot *locals)
 			GetBackgroundWorkerPid(local->handle, &worker_pid) != BGWH_STOPPED)
 			continue;
 
+		/* Only a dispatcher that died is restarted with a delay. */
 		since = TimestampDifferenceMilliseconds(local->last_start, GetCurrentTimestamp());
-		if (local->last_start != 0 && since < RESTART_DELAY_MS)
+		if (!clean_exit && local->last_start != 0 && since < RESTART_DELAY_MS)
 		{
 			long		wait = RESTART_DELAY_MS - since;
 

@@ -118,7 +118,8 @@ match_key(RelOptInfo *baserel, Oid relid, Expr *clause, TaskScanPlanInfo *info)
 
 	if (strcmp(attname, "id") == 0 &&
 		(op->opfuncid == F_INT8EQ || op->opfuncid == F_INT84EQ ||
-		 op->opfuncid == F_INT82EQ))
+		 op->opfuncid == F_INT82EQ || op->opfuncid == F_INT48EQ ||
+		 op->opfuncid == F_INT28EQ))
 		info->kind = TASK_SCAN_ID;
 	else if (strcmp(attname, "state") == 0 && op->opfuncid == F_TEXTEQ)
 		info->kind = TASK_SCAN_STATE;

@@ -217,6 +217,7 @@ TaskFdwSlotAttach(Oid dboid)
 	slot->pid = MyProcPid;
 	slot->procno = tfdw_my_procno();
 	slot->wanted = true;
+	slot->clean_exit = false;
 	LWLockRelease(TaskFdwState->lock);
 	return slot;
 }
@@ -237,6 +238,7 @@ TaskFdwSlotIdleExit(DispatcherSlot *slot)
 		slot->pid = 0;
 		slot->procno = -1;
 		slot->wanted = false;
+		slot->clean_exit = true;
 		exiting = true;
 	}
 	LWLockRelease(TaskFdwState->lock);
@@ -256,6 +258,7 @@ TaskFdwSlotDetach(DispatcherSlot *slot, bool forget)
 	{
 		slot->pid = 0;
 		slot->procno = -1;
+		slot->clean_exit = forget;
 		if (forget && pg_atomic_read_u32(&slot->work_pending) == 0)
 		{
 			slot->wanted = false;

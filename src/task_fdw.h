@@ -93,6 +93,7 @@ typedef struct DispatcherSlot
 	pid_t		pid;			/* running dispatcher, or 0 */
 	int			procno;			/* its PGPROC index, for SetLatch */
 	bool		wanted;			/* a dispatcher should run for dboid */
+	bool		clean_exit;		/* the last one exited on purpose: restart at once */
 	pg_atomic_uint32 work_pending;	/* set by committing submitters */
 } DispatcherSlot;
 
