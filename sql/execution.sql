@@ -66,12 +66,6 @@ SELECT state, error, sqlstate FROM tasks WHERE id = currval('task_fdw.task_id_se
 CALL submit('COPY side FROM STDIN');
 SELECT state, error, sqlstate FROM tasks WHERE id = currval('task_fdw.task_id_seq');
 
--- a task that leaves a transaction open: its connection is not reused
-CALL submit('BEGIN; INSERT INTO side VALUES (300)');
-SELECT state, command_tag FROM tasks WHERE id = currval('task_fdw.task_id_seq');
-CALL submit('SELECT count(*) AS n FROM side WHERE i = 300');
-SELECT state, result FROM tasks WHERE id = currval('task_fdw.task_id_seq');
-
 -- the remote session names the task it runs
 CALL submit($$SELECT current_setting('application_name') AS app$$);
 SELECT result->0->>'app' = 'task_fdw task ' || id AS names_task
@@ -90,6 +84,19 @@ INSERT INTO single_tasks(sql) VALUES
 SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM single_tasks), '60s') GROUP BY state;
 SELECT count(DISTINCT remote_pid) AS connections FROM single_tasks;
 SELECT result FROM single_tasks WHERE result IS NOT NULL;
+-- a task that leaves a transaction open: its connection is closed, not reused,
+-- so the next task on this one-connection pool runs in a new session and the
+-- open transaction's row was never committed
+INSERT INTO single_tasks(sql) VALUES ('BEGIN; INSERT INTO side VALUES (300)')
+    RETURNING id AS open_id \gset
+SELECT task_fdw.wait(:open_id, '60s');
+INSERT INTO single_tasks(sql) VALUES ($$SELECT count(*) AS n, now() = statement_timestamp() AS own_xact
+    FROM side WHERE i = 300$$) RETURNING id AS after_id \gset
+SELECT task_fdw.wait(:after_id, '60s');
+SELECT (SELECT remote_pid FROM single_tasks WHERE id = :open_id) <>
+       (SELECT remote_pid FROM single_tasks WHERE id = :after_id) AS new_connection,
+       (SELECT result FROM single_tasks WHERE id = :after_id) AS result;
+
 -- each foreign table shows only its own server's tasks
 SELECT (SELECT count(*) FROM single_tasks) AS single, (SELECT count(*) FROM tasks WHERE sql LIKE 'SET work_mem%') AS loopback;
 

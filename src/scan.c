@@ -76,6 +76,7 @@ typedef struct TaskScanState
 static bool match_key(RelOptInfo *baserel, Oid relid, Expr *clause,
 					  TaskScanPlanInfo *info);
 static void start_scan(ForeignScanState *node, TaskScanState *state);
+static bool next_visible_row(TaskScanState *state);
 
 /*
  * match_key returns whether clause is "id = value" or "state = value" with
@@ -230,7 +231,6 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 	ScanKeyData key;
 	Oid			index = InvalidOid;
 	int			nkeys = 0;
-	MemoryContext old;
 
 	if (state->kind != TASK_SCAN_ALL)
 	{
@@ -256,24 +256,25 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 		}
 		nkeys = 1;
 	}
-	/* Iterate runs in a per-tuple context; the scan must outlive it. */
-	old = MemoryContextSwitchTo(node->ss.ps.state->es_query_cxt);
 	state->scan = systable_beginscan(state->store, index, OidIsValid(index),
 									 node->ss.ps.state->es_snapshot, nkeys, &key);
-	MemoryContextSwitchTo(old);
 }
 
 /*
  * taskIterateForeignScan
  *		Return the next visible task of the table's server.
+ *
+ * The executor calls this in a per-tuple context that it resets for every
+ * row, but the index scan keeps memory it allocates (in any call, not only at
+ * its start) until it ends; so the scan runs in the query's context, and only
+ * the copy of each row goes to the row context.
  */
 TupleTableSlot *
 taskIterateForeignScan(ForeignScanState *node)
 {
 	TaskScanState *state = node->fdw_state;
 	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
-	TupleDesc	store_desc = RelationGetDescr(state->store);
-	HeapTuple	tup;
+	MemoryContext old = MemoryContextSwitchTo(node->ss.ps.state->es_query_cxt);
 
 	ExecClearTuple(slot);
 	if (!state->started)
@@ -281,14 +282,38 @@ taskIterateForeignScan(ForeignScanState *node)
 		start_scan(node, state);
 		state->started = true;
 	}
-	if (state->scan == NULL)
-		return slot;
+	if (state->scan != NULL && next_visible_row(state))
+	{
+		int			i;
+
+		for (i = 0; i < state->map->natts; i++)
+		{
+			const TaskAttribute *attr = state->map->attrs[i];
+
+			slot->tts_isnull[i] = attr == NULL || state->nulls[attr->task_attnum - 1];
+			slot->tts_values[i] = slot->tts_isnull[i] ? (Datum) 0 :
+				state->values[attr->task_attnum - 1];
+		}
+		ExecStoreVirtualTuple(slot);
+	}
+	MemoryContextSwitchTo(old);
+	return slot;
+}
+
+/*
+ * next_visible_row reads the next task of the table's server that the user
+ * may see into state->values and state->nulls, and returns false at the end.
+ */
+static bool
+next_visible_row(TaskScanState *state)
+{
+	TupleDesc	store_desc = RelationGetDescr(state->store);
+	HeapTuple	tup;
 
 	MemoryContextReset(state->rowcxt);
 	while ((tup = systable_getnext(state->scan)) != NULL)
 	{
 		MemoryContext old;
-		int			i;
 
 		if (DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, store_desc,
 										  &state->nulls[0])) != state->serverid)
@@ -301,17 +326,9 @@ taskIterateForeignScan(ForeignScanState *node)
 		old = MemoryContextSwitchTo(state->rowcxt);
 		heap_deform_tuple(heap_copytuple(tup), store_desc, state->values, state->nulls);
 		MemoryContextSwitchTo(old);
-		for (i = 0; i < state->map->natts; i++)
-		{
-			const TaskAttribute *attr = state->map->attrs[i];
-
-			slot->tts_isnull[i] = attr == NULL || state->nulls[attr->task_attnum - 1];
-			slot->tts_values[i] = slot->tts_isnull[i] ? (Datum) 0 :
-				state->values[attr->task_attnum - 1];
-		}
-		return ExecStoreVirtualTuple(slot);
+		return true;
 	}
-	return slot;
+	return false;
 }
 
 /*
