@@ -84,13 +84,13 @@ DispatcherNewTask(Pool *pool, int64 id, const char *sql)
 }
 
 /*
- * DispatcherTaskFinished queues task's outcome to be recorded.
+ * DispatcherTaskFinished stamps task's end and queues its outcome to be
+ * recorded.
  */
 void
 DispatcherTaskFinished(Task *task)
 {
-	if (task->finished_at == 0)
-		task->finished_at = GetCurrentTimestamp();
+	task->finished_at = GetCurrentTimestamp();
 	dlist_push_tail(&finished, &task->node);
 }
 
@@ -244,17 +244,19 @@ bookkeeping_needed(void)
 	Pool	   *pool;
 	bool		needed = discover || !dlist_is_empty(&finished);
 
+	if (needed)
+		return true;
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
-		if (needed)
-			continue;			/* finish the scan, as hash_seq_term is not needed then */
-		if (pool->has_queued && PoolCapacity(pool) > 0)
-			needed = true;
-		else if (pool->nheld > 0 && pool->nconns - PoolBusy(pool) > 0)
-			needed = true;
+		if ((pool->has_queued && PoolCapacity(pool) > 0) ||
+			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)))
+		{
+			hash_seq_term(&status);
+			return true;
+		}
 	}
-	return needed;
+	return false;
 }
 
 /*

@@ -259,7 +259,6 @@ conn_task_done(Conn *conn, bool reusable)
 
 	if (task->final_state == NULL)
 		task->final_state = TFDW_STATE_DONE;
-	task->finished_at = GetCurrentTimestamp();
 	task->conn = NULL;
 	conn->task = NULL;
 	DispatcherTaskFinished(task);
@@ -497,7 +496,6 @@ TaskFail(Task *task, const char *sqlstate, const char *message)
 	task->has_result = false;
 	task->has_rows = false;
 	task->command_tag = NULL;
-	task->finished_at = GetCurrentTimestamp();
 }
 
 /*

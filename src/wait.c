@@ -98,8 +98,12 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 
 		for (i = 0; i < n; i++)
 		{
-			if (states[i] != NULL && is_final_state(states[i]))
-				continue;
+			if (states[i] != NULL)
+			{
+				if (is_final_state(states[i]))
+					continue;
+				pfree(states[i]);
+			}
 			states[i] = TaskStoreReadState(rel, pkey, ids[i]);
 			if (states[i] == NULL)
 			{
