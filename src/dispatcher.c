@@ -223,6 +223,13 @@ dispatcher_loop(void)
 		update_wait_set();
 		nevents = WaitEventSetWait(wait_set, next_timeout(GetCurrentTimestamp()),
 								   events, MAX_EVENTS, TFDW_WAIT_EVENT_MAIN);
+
+		/*
+		 * A server shutdown also ends loopback sessions: record their tasks
+		 * as interrupted before reading them as lost connections.
+		 */
+		if (ShutdownRequestPending)
+			dispatcher_shutdown();
 		for (i = 0; i < nevents; i++)
 		{
 			if (events[i].events & WL_LATCH_SET)
