@@ -6,9 +6,9 @@ EXTENSION = task_fdw
 DATA = task_fdw--1.0.sql
 PGFILEDESC = "task_fdw - run SQL statements as background tasks"
 
-REGRESS = setup options tables submit execution
+REGRESS = setup options tables submit execution control
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/task_fdw.conf
-ISOLATION = visibility
+ISOLATION = visibility cancel
 ISOLATION_OPTS = --temp-instance=./tmp_iso --temp-config=$(srcdir)/test/task_fdw.conf
 TAP_TESTS = 1
 EXTRA_CLEAN = tmp_regress tmp_iso

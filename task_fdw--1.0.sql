@@ -26,15 +26,38 @@ CREATE TABLE task_fdw.task (
     sqlstate        text,
     error_detail    text,
     error_hint      text,
-    error_context   text
+    error_context   text,
+    priority        int NOT NULL DEFAULT 0,
+    run_at          timestamptz,
+    timeout         interval,
+    max_attempts    int NOT NULL DEFAULT 1 CHECK (max_attempts >= 1),
+    attempts        int NOT NULL DEFAULT 0,
+    batch           text,
+    notices         text[],
+    retry_sqlstates text[],
+    retry_delay     interval,
+    cancel_requested_at timestamptz
 );
 
 -- SELECT ... WHERE state = ... on a foreign table, and dispatcher recovery.
 CREATE INDEX task_state_idx ON task_fdw.task (state, id);
 
--- The dispatcher's queue: queued tasks of one pool, oldest first.
-CREATE INDEX task_queued_idx ON task_fdw.task (server_id, userid, id)
+-- The dispatcher's queue: queued tasks of one pool, highest priority first,
+-- then oldest first.
+CREATE INDEX task_queued_idx ON task_fdw.task (server_id, userid, priority DESC, id)
     WHERE state OPERATOR(pg_catalog.=) 'queued';
+
+-- When the next task scheduled for later (run_at, or a retry) is due.
+CREATE INDEX task_run_at_idx ON task_fdw.task (run_at)
+    WHERE state OPERATOR(pg_catalog.=) 'queued' AND run_at IS NOT NULL;
+
+-- task_fdw.wait_batch(): one role's tasks of a batch.
+CREATE INDEX task_batch_idx ON task_fdw.task (userid, batch)
+    WHERE batch IS NOT NULL;
+
+-- Retention: finished tasks, oldest first.
+CREATE INDEX task_finished_idx ON task_fdw.task (finished_at)
+    WHERE state OPERATOR(pg_catalog.=) ANY ('{done,failed,cancelled}'::pg_catalog.text[]);
 
 REVOKE ALL ON TABLE task_fdw.task FROM PUBLIC;
 
@@ -72,6 +95,15 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION task_fdw.wait(bigint[], interval) IS
     'waits until all the tasks are finished or the timeout passes, and returns their states';
+
+CREATE FUNCTION task_fdw.wait_batch(batch text, timeout interval DEFAULT NULL)
+RETURNS TABLE (id bigint, state text)
+AS 'MODULE_PATHNAME', 'task_fdw_wait_batch'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE ROWS 100
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION task_fdw.wait_batch(text, interval) IS
+    'waits until all of the caller''s tasks of the batch are finished or the timeout passes, and returns their states';
 
 -- Column checks for foreign tables of the wrapper, run when one is created or
 -- altered.  The C function ignores tables of other wrappers.

@@ -63,7 +63,7 @@ SELECT task_fdw.wait(999999999);
 SELECT * FROM task_fdw.wait(ARRAY[1, NULL]::bigint[]);
 SELECT * FROM task_fdw.wait(NULL::bigint[]);
 SELECT * FROM task_fdw.wait('{}'::bigint[]);
--- a timeout returns the state as it is
+-- a task of the current transaction cannot be waited for: it cannot run yet
 BEGIN;
 INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id AS pending \gset
 SELECT task_fdw.wait(:pending, '10ms');

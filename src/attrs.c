@@ -32,24 +32,31 @@
 
 /* The contract.  Names and types must not change; add, never remove. */
 static const TaskAttribute task_attributes[] = {
-	{"id", INT8OID, Anum_task_id, false},
-	{"sql", TEXTOID, Anum_task_sql, true},
-	{"state", TEXTOID, Anum_task_state, false},
-	{"submitted_by", TEXTOID, Anum_task_submitted_by, false},
-	{"submitted_at", TIMESTAMPTZOID, Anum_task_submitted_at, false},
-	{"started_at", TIMESTAMPTZOID, Anum_task_started_at, false},
-	{"finished_at", TIMESTAMPTZOID, Anum_task_finished_at, false},
-	{"remote_pid", INT4OID, Anum_task_remote_pid, false},
-	{"command_tag", TEXTOID, Anum_task_command_tag, false},
-	{"rows", INT8OID, Anum_task_rows, false},
-	{"result", JSONBOID, Anum_task_result, false},
-	{"result_truncated", BOOLOID, Anum_task_result_truncated, false},
-	{"error", TEXTOID, Anum_task_error, false},
-	{"sqlstate", TEXTOID, Anum_task_sqlstate, false},
-	{"error_detail", TEXTOID, Anum_task_error_detail, false},
-	{"error_hint", TEXTOID, Anum_task_error_hint, false},
-	{"error_context", TEXTOID, Anum_task_error_context, false},
-	{NULL, InvalidOid, InvalidAttrNumber, false}
+	{"id", INT8OID, Anum_task_id, false, false},
+	{"sql", TEXTOID, Anum_task_sql, true, false},
+	{"state", TEXTOID, Anum_task_state, false, true},
+	{"submitted_by", TEXTOID, Anum_task_submitted_by, false, false},
+	{"submitted_at", TIMESTAMPTZOID, Anum_task_submitted_at, false, false},
+	{"started_at", TIMESTAMPTZOID, Anum_task_started_at, false, false},
+	{"finished_at", TIMESTAMPTZOID, Anum_task_finished_at, false, false},
+	{"remote_pid", INT4OID, Anum_task_remote_pid, false, false},
+	{"command_tag", TEXTOID, Anum_task_command_tag, false, false},
+	{"rows", INT8OID, Anum_task_rows, false, false},
+	{"result", JSONBOID, Anum_task_result, false, false},
+	{"result_truncated", BOOLOID, Anum_task_result_truncated, false, false},
+	{"error", TEXTOID, Anum_task_error, false, false},
+	{"sqlstate", TEXTOID, Anum_task_sqlstate, false, false},
+	{"error_detail", TEXTOID, Anum_task_error_detail, false, false},
+	{"error_hint", TEXTOID, Anum_task_error_hint, false, false},
+	{"error_context", TEXTOID, Anum_task_error_context, false, false},
+	{"priority", INT4OID, Anum_task_priority, true, true},
+	{"run_at", TIMESTAMPTZOID, Anum_task_run_at, true, true},
+	{"timeout", INTERVALOID, Anum_task_timeout, true, false},
+	{"max_attempts", INT4OID, Anum_task_max_attempts, true, false},
+	{"attempts", INT4OID, Anum_task_attempts, false, false},
+	{"batch", TEXTOID, Anum_task_batch, true, false},
+	{"notices", TEXTARRAYOID, Anum_task_notices, false, false},
+	{NULL, InvalidOid, InvalidAttrNumber, false, false}
 };
 
 PG_FUNCTION_INFO_V1(task_fdw_check_table);
@@ -123,6 +130,25 @@ TaskColumnMapBuild(Relation rel)
 		map->attrs[i] = attr;
 	}
 	return map;
+}
+
+/*
+ * TaskColumnMapProject fills values and nulls, one per column of the
+ * foreign table, from a task store row (store_values and store_nulls).
+ */
+void
+TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
+					 const bool *store_nulls, Datum *values, bool *nulls)
+{
+	int			i;
+
+	for (i = 0; i < map->natts; i++)
+	{
+		const TaskAttribute *attr = map->attrs[i];
+
+		nulls[i] = attr == NULL || store_nulls[attr->task_attnum - 1];
+		values[i] = nulls[i] ? (Datum) 0 : store_values[attr->task_attnum - 1];
+	}
 }
 
 /*

@@ -84,12 +84,15 @@ tfdw_result_rel_user(ResultRelInfo *rri, EState *estate)
 }
 #endif
 
-/* Columns named in INSERT's target list. */
+/* Columns named in INSERT's target list, and in UPDATE's SET list. */
 #if PG_VERSION_NUM >= 160000
 #define tfdw_inserted_cols(root, rte) \
 	(getRTEPermissionInfo((root)->parse->rteperminfos, (rte))->insertedCols)
+#define tfdw_updated_cols(root, rte) \
+	(getRTEPermissionInfo((root)->parse->rteperminfos, (rte))->updatedCols)
 #else
 #define tfdw_inserted_cols(root, rte) ((rte)->insertedCols)
+#define tfdw_updated_cols(root, rte) ((rte)->updatedCols)
 #endif
 
 #endif							/* TASK_FDW_COMPAT_H */

@@ -6,11 +6,14 @@
  * Each turn of the loop waits once, on the latch and every pooled
  * connection's socket together (one WaitEventSet), advances the connections
  * that are ready, then does all bookkeeping in one short transaction:
- * record finished tasks, find pools with queued tasks (when woken by a
- * commit or by the periodic recheck), claim as many as the pools can run,
- * and record their start.  After the commit it sends the started tasks and
- * opens connections the pools need.  Nothing in the loop sleeps or blocks
- * in libpq.
+ * record finished tasks, look for running tasks their submitters cancelled,
+ * send the cancel requests that are due (cancels and timeouts), find pools
+ * with queued tasks (when woken by a commit, a scheduled time or the
+ * periodic recheck), claim as many as the pools can run, and record their
+ * start.  After the commit it sends the started tasks.  Expired finished
+ * tasks are removed in small batches, one short transaction per turn at
+ * most.  Nothing in the loop sleeps or blocks in libpq: connections, and the
+ * cancellers that carry cancel requests, are all non-blocking.
  *
  * IDENTIFICATION
  *		  src/dispatcher.c
@@ -39,6 +42,13 @@
 
 #define MAX_EVENTS	64
 
+/* A finished task whose row is locked is recorded again after this long. */
+#define DEFERRED_RETRY_MS	100
+/* A cancel request is sent again this often while the task still runs. */
+#define CANCEL_RESEND_MS	1000
+/* Retention removes at most this many tasks per transaction. */
+#define PURGE_BATCH			500
+
 PGDLLEXPORT void TaskFdwDispatcherMain(Datum main_arg);
 
 static DispatcherSlot *my_slot = NULL;
@@ -46,22 +56,33 @@ static MemoryContext TaskContext = NULL;
 
 static dlist_head starting = DLIST_STATIC_INIT(starting); /* start to record */
 static dlist_head finished = DLIST_STATIC_INIT(finished); /* outcome to record */
+static dlist_head deferred = DLIST_STATIC_INIT(deferred); /* row was locked */
 
 static WaitEventSet *wait_set = NULL;
 static bool conns_changed = true;	/* wait_set must be rebuilt */
 static bool discover = true;	/* look for pools with queued tasks */
+static bool check_cancels = false;	/* look for cancelled running tasks */
 static TimestampTz next_recheck = 0;
+static TimestampTz next_run_at = 0; /* next scheduled task, or 0 */
+static TimestampTz deferred_retry_at = 0;
+static TimestampTz next_purge = 0;
 static TimestampTz last_activity = 0;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
-static bool bookkeeping_needed(void);
-static void bookkeeping(void);
+static bool bookkeeping_needed(TimestampTz now);
+static void bookkeeping(TimestampTz now);
 static void expire_connects(TimestampTz now);
 static void update_wait_set(void);
 static long next_timeout(TimestampTz now);
 static bool dispatcher_idle(void);
 static void dispatcher_shutdown(void);
+static List *running_tasks(void);
+static bool cancels_due(TimestampTz now);
+static void find_cancelled(List *running);
+static void send_due_cancels(List *running, TimestampTz now);
+static void record_finished(void);
+static void purge_expired(TimestampTz now);
 
 /*
  * DispatcherNewTask creates a task held by pool, in its own memory context.
@@ -179,6 +200,9 @@ static void
 dispatcher_loop(void)
 {
 	WaitEvent	events[MAX_EVENTS];
+	MemoryContext loop_cxt = AllocSetContextCreate(TopMemoryContext,
+												   "task_fdw dispatcher loop",
+												   ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -186,26 +210,44 @@ dispatcher_loop(void)
 		int			nevents;
 		int			i;
 
+		/* Whatever a turn allocates, outside tasks and connections, is freed. */
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* task_fdw.retention may have changed: apply it now. */
+			next_purge = 0;
 		}
 		if (ShutdownRequestPending)
 			dispatcher_shutdown();
 
-		if (pg_atomic_exchange_u32(&my_slot->work_pending, 0) != 0)
-			discover = true;
 		now = GetCurrentTimestamp();
-		if (now >= next_recheck)
+		if (pg_atomic_exchange_u32(&my_slot->work_pending, 0) != 0)
+		{
 			discover = true;
+			deferred_retry_at = now;
+		}
+		if (pg_atomic_exchange_u32(&my_slot->cancel_pending, 0) != 0)
+			check_cancels = true;
+		if (now >= next_recheck)
+			discover = check_cancels = true;
+		if (next_run_at != 0 && now >= next_run_at)
+			discover = true;
+		if (!dlist_is_empty(&deferred) && now >= deferred_retry_at)
+		{
+			while (!dlist_is_empty(&deferred))
+				dlist_push_tail(&finished, dlist_pop_head_node(&deferred));
+		}
 		expire_connects(now);
 		AcceptInvalidationMessages();
 		PoolRetireIdle();
 
-		if (bookkeeping_needed())
-			bookkeeping();
+		if (bookkeeping_needed(now))
+			bookkeeping(now);
+		purge_expired(GetCurrentTimestamp());
 
 		if (dispatcher_idle() &&
 			TimestampDifferenceExceeds(last_activity, GetCurrentTimestamp(),
@@ -241,17 +283,16 @@ dispatcher_loop(void)
 }
 
 /*
- * bookkeeping_needed returns whether this turn has anything to record or
- * claim.
+ * bookkeeping_needed returns whether this turn has anything to record,
+ * cancel or claim.
  */
 static bool
-bookkeeping_needed(void)
+bookkeeping_needed(TimestampTz now)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
-	bool		needed = discover || !dlist_is_empty(&finished);
 
-	if (needed)
+	if (discover || check_cancels || !dlist_is_empty(&finished) || cancels_due(now))
 		return true;
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
@@ -267,33 +308,172 @@ bookkeeping_needed(void)
 }
 
 /*
- * bookkeeping records finished tasks, claims and starts queued ones, in one
- * transaction, then sends the started tasks.
+ * running_tasks returns the tasks that are running on a connection.
+ */
+static List *
+running_tasks(void)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+	List	   *running = NIL;
+
+	hash_seq_init(&status, PoolTable());
+	while ((pool = hash_seq_search(&status)) != NULL)
+	{
+		dlist_iter	iter;
+
+		dlist_foreach(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+			if (conn->task != NULL &&
+				(conn->state == CONN_RESETTING || conn->state == CONN_RUNNING))
+				running = lappend(running, conn->task);
+		}
+	}
+	return running;
+}
+
+/*
+ * cancels_due returns whether a running task has timed out or has a cancel
+ * request to (re)send.
+ */
+static bool
+cancels_due(TimestampTz now)
+{
+	List	   *running = running_tasks();
+	ListCell   *lc;
+	bool		due = false;
+
+	foreach(lc, running)
+	{
+		Task	   *task = lfirst(lc);
+
+		if ((task->deadline != 0 && now >= task->deadline &&
+			 task->cancel_reason == TASK_CANCEL_NONE) ||
+			(task->cancel_at != 0 && now >= task->cancel_at))
+			due = true;
+	}
+	list_free(running);
+	return due;
+}
+
+/*
+ * find_cancelled marks the running tasks that their submitters cancelled or
+ * deleted, so that their cancel requests are sent at once.
  */
 static void
-bookkeeping(void)
+find_cancelled(List *running)
+{
+	List	   *ids = NIL;
+	List	   *cancelled;
+	ListCell   *lc;
+
+	foreach(lc, running)
+		ids = lappend(ids, &((Task *) lfirst(lc))->id);
+	if (ids == NIL)
+		return;
+	cancelled = QueueCancelRequested(ids);
+	foreach(lc, running)
+	{
+		Task	   *task = lfirst(lc);
+		ListCell   *lc2;
+
+		foreach(lc2, cancelled)
+		{
+			if (*(int64 *) lfirst(lc2) != task->id ||
+				task->cancel_reason != TASK_CANCEL_NONE)
+				continue;
+			task->cancel_reason = TASK_CANCEL_USER;
+			task->cancel_at = GetCurrentTimestamp();
+		}
+	}
+}
+
+/*
+ * send_due_cancels starts a canceller for each running task that timed out
+ * or whose cancel request is due, and schedules the next request in case
+ * the task goes on running.
+ */
+static void
+send_due_cancels(List *running, TimestampTz now)
+{
+	ListCell   *lc;
+
+	foreach(lc, running)
+	{
+		Task	   *task = lfirst(lc);
+
+		if (task->deadline != 0 && now >= task->deadline &&
+			task->cancel_reason == TASK_CANCEL_NONE)
+		{
+			task->cancel_reason = TASK_CANCEL_TIMEOUT;
+			task->cancel_at = now;
+		}
+		if (task->cancel_at == 0 || now < task->cancel_at)
+			continue;
+		PoolStartCancel(task->pool, task->remote_pid);
+		task->cancel_at = TimestampTzPlusMilliseconds(now, CANCEL_RESEND_MS);
+	}
+}
+
+/*
+ * record_finished records the outcomes of finished tasks and frees them;
+ * one whose row a submitter has locked is kept for a later turn.
+ */
+static void
+record_finished(void)
+{
+	while (!dlist_is_empty(&finished))
+	{
+		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&finished));
+
+		if (!QueueRecordFinish(task))
+		{
+			dlist_push_tail(&deferred, &task->node);
+			deferred_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															DEFERRED_RETRY_MS);
+			continue;
+		}
+		/* A retry is due later: look for it then. */
+		if (strcmp(task->final_state, TFDW_STATE_QUEUED) == 0)
+			discover = true;
+		MemoryContextDelete(task->cxt);
+	}
+}
+
+/*
+ * bookkeeping records finished tasks, sends due cancel requests, claims and
+ * starts queued tasks, in one transaction, then sends the started tasks.
+ */
+static void
+bookkeeping(TimestampTz now)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
 	dlist_mutable_iter iter;
 	dlist_head	sendable;
-	bool		recorded = false;
+	bool		recorded = !dlist_is_empty(&finished);
+	List	   *running;
 
 	dlist_init(&sendable);
 	QueueBegin();
 
-	while (!dlist_is_empty(&finished))
-	{
-		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&finished));
+	record_finished();
 
-		QueueRecordFinish(task);
-		MemoryContextDelete(task->cxt);
-		recorded = true;
+	running = running_tasks();
+	if (check_cancels)
+	{
+		find_cancelled(running);
+		check_cancels = false;
 	}
+	send_due_cancels(running, now);
+	list_free(running);
 
 	if (discover)
 	{
 		QueueFindPools();
+		next_run_at = QueueNextRunAt(now);
 		discover = false;
 		next_recheck = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 												   TaskFdwRecheckInterval);
@@ -305,7 +485,7 @@ bookkeeping(void)
 		int			capacity = PoolCapacity(pool);
 
 		if (pool->has_queued && capacity > 0)
-			QueueFetch(pool, capacity);
+			QueueFetch(pool, capacity, now);
 		PoolAssignHeld(pool, &starting);
 		PoolConnect(pool);
 	}
@@ -319,10 +499,9 @@ bookkeeping(void)
 			dlist_push_tail(&sendable, &task->node);
 		else
 		{
-			/* Gone from the queue meanwhile: free the connection again. */
+			/* Cancelled, deleted, postponed or locked: free the connection. */
 			task->conn->task = NULL;
 			task->conn->state = CONN_IDLE;
-			task->pool->has_queued = true;
 			MemoryContextDelete(task->cxt);
 		}
 	}
@@ -344,6 +523,30 @@ bookkeeping(void)
 }
 
 /*
+ * purge_expired removes a batch of tasks that finished longer than
+ * task_fdw.retention ago, when it is time to: again at once while there are
+ * more, otherwise after a tenth of the retention time (at most a minute).
+ */
+static void
+purge_expired(TimestampTz now)
+{
+	int			removed;
+	int64		pause_ms;
+
+	if (TaskFdwRetention <= 0 || now < next_purge)
+		return;
+	QueueBegin();
+	removed = QueuePurge(now - (int64) TaskFdwRetention * USECS_PER_SEC, PURGE_BATCH);
+	QueueCommit();
+	pause_ms = Min((int64) TaskFdwRetention * 100, 60000);
+	next_purge = removed == PURGE_BATCH ? now :
+		TimestampTzPlusMilliseconds(now, Max(pause_ms, 100));
+	if (removed > 0)
+		ereport(DEBUG1,
+				(errmsg("task_fdw removed %d tasks older than task_fdw.retention", removed)));
+}
+
+/*
  * expire_connects gives up on connections that are still connecting after
  * their server's connect_timeout; libpq ignores it under PQconnectPoll.
  */
@@ -362,8 +565,18 @@ expire_connects(TimestampTz now)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
-			if (conn->state != CONN_CONNECTING || conn->deadline == 0 ||
-				now < conn->deadline)
+			if (conn->deadline == 0 || now < conn->deadline)
+				continue;
+			if (conn->cancel_pid != 0)
+			{
+				/* A canceller that got nowhere: the request is sent again later. */
+				ereport(LOG,
+						(errmsg("task_fdw gave up a cancel request for remote backend %d: timeout expired",
+								conn->cancel_pid)));
+				PoolCloseConn(conn);
+				continue;
+			}
+			if (conn->state != CONN_CONNECTING)
 				continue;
 			if (pool->nheld > 0)
 			{
@@ -394,7 +607,7 @@ update_wait_set(void)
 
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
-		nconns += pool->nconns;
+		nconns += pool->nconns + pool->ncancellers;
 
 	if (conns_changed)
 	{
@@ -441,13 +654,14 @@ next_timeout(TimestampTz now)
 	Pool	   *pool;
 	TimestampTz wake = next_recheck;
 
+#define WAKE_BY(t) do { if ((t) != 0 && (t) < wake) wake = (t); } while (0)
 	if (TaskFdwIdleTimeout > 0)
-	{
-		TimestampTz idle_at = TimestampTzPlusMilliseconds(last_activity, TaskFdwIdleTimeout);
-
-		if (idle_at < wake)
-			wake = idle_at;
-	}
+		WAKE_BY(TimestampTzPlusMilliseconds(last_activity, TaskFdwIdleTimeout));
+	WAKE_BY(next_run_at);
+	if (!dlist_is_empty(&deferred))
+		WAKE_BY(deferred_retry_at);
+	if (TaskFdwRetention > 0)
+		WAKE_BY(next_purge);
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
@@ -457,11 +671,14 @@ next_timeout(TimestampTz now)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
-			if (conn->state == CONN_CONNECTING && conn->deadline != 0 &&
-				conn->deadline < wake)
-				wake = conn->deadline;
+			WAKE_BY(conn->deadline);
+			if (conn->task != NULL && conn->task->cancel_reason == TASK_CANCEL_NONE)
+				WAKE_BY(conn->task->deadline);
+			if (conn->task != NULL)
+				WAKE_BY(conn->task->cancel_at);
 		}
 	}
+#undef WAKE_BY
 	if (wake <= now)
 		return 1;
 	return (long) Min((wake - now + 999) / 1000, INT_MAX);
@@ -469,19 +686,22 @@ next_timeout(TimestampTz now)
 
 /*
  * dispatcher_idle returns whether the dispatcher has nothing in hand:
- * no task held, running or to record, and no known queued task.
+ * no task held, running or to record, no cancel under way, and no known
+ * queued task, due now or later.
  */
 static bool
 dispatcher_idle(void)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
-	bool		idle = !discover && dlist_is_empty(&finished);
+	bool		idle = !discover && dlist_is_empty(&finished) &&
+		dlist_is_empty(&deferred) && next_run_at == 0;
 
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
-		if (pool->has_queued || pool->nheld > 0 || PoolBusy(pool) > 0)
+		if (pool->has_queued || pool->nheld > 0 || PoolBusy(pool) > 0 ||
+			pool->ncancellers > 0)
 			idle = false;
 	}
 	return idle;
@@ -529,8 +749,7 @@ dispatcher_shutdown(void)
 	if (!dlist_is_empty(&finished))
 	{
 		QueueBegin();
-		while (!dlist_is_empty(&finished))
-			QueueRecordFinish(dlist_container(Task, node, dlist_pop_head_node(&finished)));
+		record_finished();
 		QueueCommit();
 		TaskFdwWakeWaiters();
 	}

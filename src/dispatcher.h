@@ -20,6 +20,14 @@
 struct Pool;
 struct Conn;
 
+/* Why the dispatcher asked the remote to cancel a task. */
+typedef enum TaskCancelReason
+{
+	TASK_CANCEL_NONE,
+	TASK_CANCEL_USER,			/* cancelled or deleted by UPDATE/DELETE */
+	TASK_CANCEL_TIMEOUT			/* ran longer than its timeout */
+} TaskCancelReason;
+
 /*
  * A task the dispatcher holds: claimed from the queue, running, or finished
  * and waiting for its outcome to be recorded.  Everything it owns lives in
@@ -33,6 +41,16 @@ typedef struct Task
 	struct Pool *pool;
 	struct Conn *conn;			/* connection running it, or NULL */
 	dlist_node	node;			/* in pool->held, starting or finished */
+
+	/* control, from the task's row */
+	int64		timeout;		/* microseconds, 0 = none */
+	int			max_attempts;
+	int			attempts;		/* including this one */
+	List	   *retry_sqlstates;	/* of char *, besides classes 08 and 40 */
+	int64		retry_delay;	/* microseconds before the first retry */
+	TimestampTz deadline;		/* when it times out, or 0 */
+	TaskCancelReason cancel_reason;
+	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
 
 	/* outcome */
 	const char *final_state;	/* TFDW_STATE_DONE or TFDW_STATE_FAILED */
@@ -52,6 +70,11 @@ typedef struct Task
 	char	   *error_detail;
 	char	   *error_hint;
 	char	   *error_context;
+	List	   *notices;		/* of char *: messages the remote sent */
+	int			notice_bytes;
+	int			notices_dropped;
+	TimestampTz retry_at;		/* set when the outcome is a retry */
+	bool		resolved;		/* TaskResolveOutcome has run */
 } Task;
 
 /* States of a pooled connection; ConnAdvance has the one switch over them. */
@@ -62,6 +85,7 @@ typedef enum ConnState
 	CONN_ASSIGNED,				/* task waits for its start to be recorded */
 	CONN_RESETTING,				/* session reset before the task is sent */
 	CONN_RUNNING,				/* task sent, reading its results */
+	CONN_CANCELLING,			/* canceller: cancel request sent */
 	CONN_CLOSED					/* to be freed */
 } ConnState;
 
@@ -77,8 +101,9 @@ typedef struct Conn
 	int			wait_pos;		/* its position in the wait set, or -1 */
 	bool		used;			/* has run a task: reset before the next */
 	int64		appname_task;	/* task named by its application_name */
-	TimestampTz deadline;		/* connect deadline, or 0 */
+	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
+	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
 } Conn;
 
 /* Key of a pool: the server and the role that submitted the tasks. */
@@ -93,8 +118,9 @@ typedef struct Pool
 	PoolKey		key;
 	int			pool_size;
 	int			connect_timeout;	/* seconds, 0 = none */
-	dlist_head	conns;
-	int			nconns;
+	dlist_head	conns;			/* its connections, and cancellers */
+	int			nconns;			/* connections, not counting cancellers */
+	int			ncancellers;
 	dlist_head	held;			/* claimed tasks waiting for a connection */
 	int			nheld;
 	bool		has_queued;		/* the queue may hold tasks for this pool */
@@ -105,6 +131,7 @@ typedef struct Pool
 extern void DispatcherTaskFinished(Task *task);
 extern void DispatcherConnChanged(void);
 extern Task *DispatcherNewTask(Pool *pool, int64 id, const char *sql);
+extern void DispatcherRequeueFinished(Task *task);
 
 /* in pool.c */
 extern void PoolInit(void);
@@ -118,12 +145,14 @@ extern void PoolCloseConn(Conn *conn);
 extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message);
 extern void PoolRetireIdle(void);
 extern void PoolCloseAll(void);
+extern void PoolStartCancel(Pool *pool, int remote_pid);
 
 /* in task_exec.c */
 extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnSendTask(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);
 extern void TaskFailFromConn(Task *task, PGconn *conn, const char *sqlstate);
+extern const char *TaskResolveOutcome(Task *task);
 
 /* in queue.c */
 extern void QueueBegin(void);
@@ -131,9 +160,11 @@ extern void QueueCommit(void);
 extern void QueuePrepare(void);
 extern int	QueueRecoverInterrupted(void);
 extern void QueueFindPools(void);
-extern void QueueFetch(Pool *pool, int limit);
+extern void QueueFetch(Pool *pool, int limit, TimestampTz now);
 extern bool QueueRecordStart(Task *task);
-extern void QueueRecordFinish(Task *task);
-extern bool QueueHasWork(void);
+extern bool QueueRecordFinish(Task *task);
+extern List *QueueCancelRequested(List *running_ids);
+extern TimestampTz QueueNextRunAt(TimestampTz now);
+extern int	QueuePurge(TimestampTz cutoff, int limit);
 
 #endif							/* TASK_FDW_DISPATCHER_H */

@@ -1,13 +1,29 @@
 /*-------------------------------------------------------------------------
  *
  * modify.c
- *		  INSERT into a task_fdw foreign table: submitting tasks.
+ *		  INSERT, UPDATE and DELETE on a task_fdw foreign table: submitting,
+ *		  cancelling, rescheduling and removing tasks.
  *
- * Each inserted row becomes a queued task in the task store, written in the
- * inserting transaction, so a rolled-back INSERT leaves nothing.  Only "sql"
- * may be given; RETURNING shows the new task's id, state and submission
- * time.  The dispatcher is woken when the transaction commits.  COPY into
- * the foreign table submits tasks the same way.
+ * INSERT: each row becomes a queued task in the task store, written in the
+ * inserting transaction, so a rolled-back INSERT leaves nothing.  The
+ * writable attributes (sql, priority, run_at, timeout, max_attempts, batch)
+ * may be given; those left out or null take the foreign table's option,
+ * then the server's, then the built-in default.  COPY into the foreign
+ * table submits tasks the same way.
+ *
+ * UPDATE: "SET state = 'cancelled'" cancels a task: a queued one is
+ * cancelled at once, a running one is marked so that the dispatcher sends a
+ * cancel request to its remote once the transaction commits; a finished one
+ * keeps its real outcome and is not counted as updated.  priority and
+ * run_at of a queued task may be changed.  Nothing else may be.
+ *
+ * DELETE removes tasks; a running one is cancelled by the dispatcher once
+ * the transaction commits, so nothing runs without a record.
+ *
+ * Rows to change are identified by the ctid the scan returns (the task
+ * store's row), and changed through store.c, which locks the latest
+ * version of the row first.  The dispatcher is told what happened when the
+ * transaction ends.
  *
  * IDENTIFICATION
  *		  src/modify.c
@@ -16,36 +32,77 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "foreign/fdwapi.h"
 #include "foreign/foreign.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/appendinfo.h"
 #include "optimizer/planmain.h"
 #include "parser/parsetree.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 #include "task_fdw.h"
 #include "compat.h"
 
-/* Executor state of an INSERT or COPY into a foreign table. */
+/* Executor state of a modification of a foreign table. */
 typedef struct TaskModifyState
 {
 	TaskColumnMap *map;
-	AttrNumber	sql_attno;		/* the foreign table's "sql" column */
 	Oid			serverid;
 	Oid			userid;			/* the submitter */
+
+	/* INSERT and COPY */
+	AttrNumber	sql_attno;		/* the foreign table's "sql" column */
 	char	   *submitted_by;
+	TaskDefaults defaults;
+	Datum		retry_sqlstates;	/* text[] from the options, or 0 */
 	TaskInsertState *insert;
+
+	/* UPDATE and DELETE */
+	Relation	store;			/* the task store */
+	AttrNumber	ctid_attno;		/* junk column identifying the row */
+	Bitmapset  *updated;		/* task attribute numbers set by UPDATE */
+	AttrNumber	state_attno;	/* foreign table columns of those, or 0 */
+	AttrNumber	priority_attno;
+	AttrNumber	run_at_attno;
 } TaskModifyState;
 
 static TaskModifyState *begin_insert(ResultRelInfo *rinfo, EState *estate);
+static AttrNumber find_column(TaskColumnMap *map, AttrNumber task_attnum);
 static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
+static void check_positive(Relation rel, const char *column, bool ok);
+static HeapTuple lock_target(TaskModifyState *state, TupleTableSlot *planSlot,
+							 int64 *id);
+static TupleTableSlot *returning_slot(TaskModifyState *state, TupleTableSlot *slot,
+									  HeapTuple tuple);
+static bool is_final(const char *state);
+
+/*
+ * find_column returns the foreign table column holding task attribute
+ * task_attnum, or InvalidAttrNumber.
+ */
+static AttrNumber
+find_column(TaskColumnMap *map, AttrNumber task_attnum)
+{
+	int			i;
+
+	for (i = 0; i < map->natts; i++)
+		if (map->attrs[i] && map->attrs[i]->task_attnum == task_attnum)
+			return i + 1;
+	return InvalidAttrNumber;
+}
 
 /*
  * sql_column returns the attribute number of rel's "sql" column, raising an
@@ -54,17 +111,15 @@ static void check_read_only(Relation rel, const TaskAttribute *attr);
 static AttrNumber
 sql_column(Relation rel, TaskColumnMap *map)
 {
-	int			i;
+	AttrNumber	attno = find_column(map, Anum_task_sql);
 
-	for (i = 0; i < map->natts; i++)
-		if (map->attrs[i] && map->attrs[i]->task_attnum == Anum_task_sql)
-			return i + 1;
-	ereport(ERROR,
-			(errcode(ERRCODE_FDW_COLUMN_NAME_NOT_FOUND),
-			 errmsg("foreign table \"%s\" has no column \"sql\"",
-					RelationGetRelationName(rel)),
-			 errhint("Tasks can only be submitted through a foreign table that has the attribute \"sql text\".")));
-	return InvalidAttrNumber;	/* keep compiler quiet */
+	if (attno == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_COLUMN_NAME_NOT_FOUND),
+				 errmsg("foreign table \"%s\" has no column \"sql\"",
+						RelationGetRelationName(rel)),
+				 errhint("Tasks can only be submitted through a foreign table that has the attribute \"sql text\".")));
+	return attno;
 }
 
 /*
@@ -80,22 +135,50 @@ check_read_only(Relation rel, const TaskAttribute *attr)
 				 errmsg("cannot set column \"%s\" of foreign table \"%s\"",
 						attr->name, RelationGetRelationName(rel)),
 				 errdetail("Column \"%s\" is a read-only task attribute.", attr->name),
-				 errhint("Only \"sql\" can be given when submitting a task.")));
+				 errhint("A task can be submitted with sql, priority, run_at, timeout, max_attempts and batch.")));
+}
+
+/*
+ * check_positive raises the error for a value of column that is not
+ * positive (ok is false).
+ */
+static void
+check_positive(Relation rel, const char *column, bool ok)
+{
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("value of column \"%s\" of foreign table \"%s\" must be positive",
+						column, RelationGetRelationName(rel))));
 }
 
 /*
  * taskIsForeignRelUpdatable
- *		Tasks can be inserted; UPDATE and DELETE are not supported.
+ *		Tasks can be inserted, updated (cancelled or rescheduled) and deleted.
  */
 int
 taskIsForeignRelUpdatable(Relation rel)
 {
-	return (1 << CMD_INSERT);
+	return (1 << CMD_INSERT) | (1 << CMD_UPDATE) | (1 << CMD_DELETE);
+}
+
+/*
+ * taskAddForeignUpdateTargets
+ *		Ask the scan for the ctid of each row: where the task is stored.
+ */
+void
+taskAddForeignUpdateTargets(PlannerInfo *root, Index rtindex,
+							RangeTblEntry *target_rte, Relation target_relation)
+{
+	Var		   *var = makeVar(rtindex, SelfItemPointerAttributeNumber, TIDOID, -1,
+							  InvalidOid, 0);
+
+	add_row_identity_var(root, var, rtindex, "ctid");
 }
 
 /*
  * taskPlanForeignModify
- *		Check an INSERT's column list: only writable attributes may be named.
+ *		Check the columns an INSERT or UPDATE sets.
  */
 List *
 taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
@@ -104,24 +187,40 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 	RangeTblEntry *rte = planner_rt_fetch(resultRelation, root);
 	Relation	rel;
 	TaskColumnMap *map;
-	Bitmapset  *cols;
+	Bitmapset  *cols = NULL;
 	int			col = -1;
-
-	if (plan->operation != CMD_INSERT)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("task_fdw foreign tables support only INSERT and SELECT")));
 
 	rel = table_open(rte->relid, NoLock);
 	map = TaskColumnMapBuild(rel);
-	(void) sql_column(rel, map);
-	cols = tfdw_inserted_cols(root, rte);
+	if (plan->operation == CMD_INSERT)
+	{
+		(void) sql_column(rel, map);
+		cols = tfdw_inserted_cols(root, rte);
+	}
+	else if (plan->operation == CMD_UPDATE)
+		cols = tfdw_updated_cols(root, rte);
+	else if (plan->operation != CMD_DELETE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("task_fdw foreign tables do not support this command")));
+
 	while ((col = bms_next_member(cols, col)) >= 0)
 	{
 		AttrNumber	attno = col + FirstLowInvalidHeapAttributeNumber;
+		const TaskAttribute *attr;
 
-		if (attno > 0 && map->attrs[attno - 1] != NULL)
-			check_read_only(rel, map->attrs[attno - 1]);
+		if (attno <= 0 || map->attrs[attno - 1] == NULL)
+			continue;
+		attr = map->attrs[attno - 1];
+		if (plan->operation == CMD_INSERT)
+			check_read_only(rel, attr);
+		else if (!attr->updatable)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot change column \"%s\" of foreign table \"%s\"",
+							attr->name, RelationGetRelationName(rel)),
+					 errdetail("A task cannot be changed once submitted, except to cancel it or to reschedule it while it is queued."),
+					 errhint("Use SET state = 'cancelled' to cancel tasks, or change priority or run_at of queued tasks.")));
 	}
 	table_close(rel, NoLock);
 	return NIL;
@@ -129,38 +228,92 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 
 /*
  * begin_insert prepares to submit tasks through rinfo's foreign table: it
- * resolves the submitter and checks their user mapping, so that a missing
- * one fails the INSERT rather than the task.
+ * resolves the submitter, checks their user mapping (so that a missing one
+ * fails the INSERT rather than the task) and reads the attribute defaults.
  */
 static TaskModifyState *
 begin_insert(ResultRelInfo *rinfo, EState *estate)
 {
 	Relation	rel = rinfo->ri_RelationDesc;
 	TaskModifyState *state = palloc0(sizeof(TaskModifyState));
+	ForeignTable *table = GetForeignTable(RelationGetRelid(rel));
 
 	TaskFdwCheckPreloaded();
 	state->map = TaskColumnMapBuild(rel);
 	state->sql_attno = sql_column(rel, state->map);
-	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
+	state->serverid = table->serverid;
 	state->userid = tfdw_result_rel_user(rinfo, estate);
 	state->submitted_by = GetUserNameFromId(state->userid, false);
 	(void) GetUserMapping(state->userid, state->serverid);
-	TaskFdwRequestDispatcher();
+	TaskFdwGetTaskDefaults(table, GetForeignServer(state->serverid), &state->defaults);
+	if (state->defaults.retry_sqlstates != NIL)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * list_length(state->defaults.retry_sqlstates));
+		ListCell   *lc;
+		int			n = 0;
+
+		foreach(lc, state->defaults.retry_sqlstates)
+			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+		state->retry_sqlstates = PointerGetDatum(construct_array(elems, n, TEXTOID, -1,
+																 false, TYPALIGN_INT));
+	}
+	TaskFdwRequestDispatcher(TFDW_XACT_SUBMITTED);
 	state->insert = TaskStoreBeginInsert(estate);
 	return state;
 }
 
 /*
  * taskBeginForeignModify
- *		Prepare an INSERT.
+ *		Prepare an INSERT, UPDATE or DELETE.
  */
 void
 taskBeginForeignModify(ModifyTableState *mtstate, ResultRelInfo *rinfo,
 					   List *fdw_private, int subplan_index, int eflags)
 {
+	Relation	rel = rinfo->ri_RelationDesc;
+	TaskModifyState *state;
+	Plan	   *subplan;
+
 	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
 		return;
-	rinfo->ri_FdwState = begin_insert(rinfo, mtstate->ps.state);
+	if (mtstate->operation == CMD_INSERT)
+	{
+		rinfo->ri_FdwState = begin_insert(rinfo, mtstate->ps.state);
+		return;
+	}
+
+	TaskFdwCheckPreloaded();
+	state = palloc0(sizeof(TaskModifyState));
+	state->map = TaskColumnMapBuild(rel);
+	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
+	state->userid = tfdw_result_rel_user(rinfo, mtstate->ps.state);
+	state->store = table_open(TaskStoreRelid(), RowExclusiveLock);
+	subplan = outerPlanState(mtstate)->plan;
+	state->ctid_attno = ExecFindJunkAttributeInTlist(subplan->targetlist, "ctid");
+	if (!AttributeNumberIsValid(state->ctid_attno))
+		elog(ERROR, "could not find junk ctid column");
+	if (mtstate->operation == CMD_UPDATE)
+	{
+		Bitmapset  *cols = ExecGetUpdatedCols(rinfo, mtstate->ps.state);
+		int			col = -1;
+
+		while ((col = bms_next_member(cols, col)) >= 0)
+		{
+			AttrNumber	attno = col + FirstLowInvalidHeapAttributeNumber;
+			const TaskAttribute *attr;
+
+			if (attno <= 0 || state->map->attrs[attno - 1] == NULL)
+				continue;
+			attr = state->map->attrs[attno - 1];
+			if (attr->task_attnum == Anum_task_state)
+				state->state_attno = attno;
+			else if (attr->task_attnum == Anum_task_priority)
+				state->priority_attno = attno;
+			else if (attr->task_attnum == Anum_task_run_at)
+				state->run_at_attno = attno;
+		}
+	}
+	rinfo->ri_FdwState = state;
 }
 
 /*
@@ -182,17 +335,59 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 					  TupleTableSlot *slot, TupleTableSlot *planSlot)
 {
 	TaskModifyState *state = rinfo->ri_FdwState;
+	TaskDefaults *defaults = &state->defaults;
 	Relation	rel = rinfo->ri_RelationDesc;
-	TimestampTz submitted_at = GetCurrentTransactionStartTimestamp();
-	Datum		sql;
+	TaskSubmission sub;
+	Datum		store_values[Natts_task];
+	bool		store_nulls[Natts_task];
 	char	   *sqltext;
-	int64		id;
 	int			i;
+
+	memset(&sub, 0, sizeof(sub));
+	sub.serverid = state->serverid;
+	sub.userid = state->userid;
+	sub.submitted_by = state->submitted_by;
+	sub.submitted_at = GetCurrentTransactionStartTimestamp();
+	sub.priority = defaults->priority;
+	sub.timeout = defaults->timeout;
+	sub.max_attempts = defaults->max_attempts;
+	sub.batch = defaults->batch ? CStringGetTextDatum(defaults->batch) : (Datum) 0;
+	sub.retry_sqlstates = state->retry_sqlstates;
+	sub.retry_delay = defaults->retry_delay;
 
 	slot_getallattrs(slot);
 	for (i = 0; i < state->map->natts; i++)
-		if (state->map->attrs[i] && !slot->tts_isnull[i])
-			check_read_only(rel, state->map->attrs[i]);
+	{
+		const TaskAttribute *attr = state->map->attrs[i];
+		Datum		value = slot->tts_values[i];
+
+		if (attr == NULL || slot->tts_isnull[i])
+			continue;
+		check_read_only(rel, attr);
+		switch (attr->task_attnum)
+		{
+			case Anum_task_priority:
+				sub.priority = DatumGetInt32(value);
+				break;
+			case Anum_task_run_at:
+				sub.has_run_at = true;
+				sub.run_at = DatumGetTimestampTz(value);
+				break;
+			case Anum_task_timeout:
+				sub.timeout = DatumGetIntervalP(value);
+				check_positive(rel, "timeout", TaskFdwIntervalUsecs(sub.timeout) > 0);
+				break;
+			case Anum_task_max_attempts:
+				sub.max_attempts = DatumGetInt32(value);
+				check_positive(rel, "max_attempts", sub.max_attempts > 0);
+				break;
+			case Anum_task_batch:
+				sub.batch = value;
+				break;
+			default:
+				break;
+		}
+	}
 
 	if (slot->tts_isnull[state->sql_attno - 1])
 		ereport(ERROR,
@@ -201,8 +396,8 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
 	/* A copy, detoasted: the slot is cleared below to show the new task. */
-	sql = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot->tts_values[state->sql_attno - 1]));
-	sqltext = TextDatumGetCString(sql);
+	sub.sql = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot->tts_values[state->sql_attno - 1]));
+	sqltext = TextDatumGetCString(sub.sql);
 	if (sqltext[strspn(sqltext, " \t\n\r\f\v")] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -210,56 +405,232 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
 	pfree(sqltext);
-
-	id = TaskStoreInsert(state->insert, state->serverid, state->userid,
-						 state->submitted_by, sql, submitted_at);
+	if (sub.batch != (Datum) 0)
+		sub.batch = PointerGetDatum(PG_DETOAST_DATUM_COPY(sub.batch));
+	if (sub.timeout)
+		sub.timeout = DatumGetIntervalP(datumCopy(IntervalPGetDatum(sub.timeout), false, 16));
 
 	/* What RETURNING can show of a task just submitted. */
+	memset(store_nulls, true, sizeof(store_nulls));
+#define SET_COLUMN(anum, datum) \
+	(store_values[(anum) - 1] = (datum), store_nulls[(anum) - 1] = false)
+	SET_COLUMN(Anum_task_id, Int64GetDatum(TaskStoreInsert(state->insert, &sub)));
+	SET_COLUMN(Anum_task_sql, sub.sql);
+	SET_COLUMN(Anum_task_state, CStringGetTextDatum(TFDW_STATE_QUEUED));
+	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(sub.submitted_by));
+	SET_COLUMN(Anum_task_submitted_at, TimestampTzGetDatum(sub.submitted_at));
+	SET_COLUMN(Anum_task_priority, Int32GetDatum(sub.priority));
+	if (sub.has_run_at)
+		SET_COLUMN(Anum_task_run_at, TimestampTzGetDatum(sub.run_at));
+	if (sub.timeout)
+		SET_COLUMN(Anum_task_timeout, IntervalPGetDatum(sub.timeout));
+	SET_COLUMN(Anum_task_max_attempts, Int32GetDatum(sub.max_attempts));
+	SET_COLUMN(Anum_task_attempts, Int32GetDatum(0));
+	if (sub.batch != (Datum) 0)
+		SET_COLUMN(Anum_task_batch, sub.batch);
+#undef SET_COLUMN
 	ExecClearTuple(slot);
-	for (i = 0; i < state->map->natts; i++)
-	{
-		const TaskAttribute *attr = state->map->attrs[i];
-		Datum		value = (Datum) 0;
-		bool		isnull = false;
-
-		switch (attr ? attr->task_attnum : InvalidAttrNumber)
-		{
-			case Anum_task_id:
-				value = Int64GetDatum(id);
-				break;
-			case Anum_task_sql:
-				value = sql;
-				break;
-			case Anum_task_state:
-				value = CStringGetTextDatum(TFDW_STATE_QUEUED);
-				break;
-			case Anum_task_submitted_by:
-				value = CStringGetTextDatum(state->submitted_by);
-				break;
-			case Anum_task_submitted_at:
-				value = TimestampTzGetDatum(submitted_at);
-				break;
-			default:
-				isnull = true;
-				break;
-		}
-		slot->tts_values[i] = value;
-		slot->tts_isnull[i] = isnull;
-	}
+	TaskColumnMapProject(state->map, store_values, store_nulls,
+						 slot->tts_values, slot->tts_isnull);
 	return ExecStoreVirtualTuple(slot);
 }
 
 /*
+ * is_final returns whether a task in state will not change any more.
+ */
+static bool
+is_final(const char *state)
+{
+	return strcmp(state, TFDW_STATE_DONE) == 0 ||
+		strcmp(state, TFDW_STATE_FAILED) == 0 ||
+		strcmp(state, TFDW_STATE_CANCELLED) == 0;
+}
+
+/*
+ * lock_target locks the latest version of the task that planSlot's row
+ * identifies and returns it, with its id in *id; or returns NULL when the
+ * task is gone or the user may not change it.
+ */
+static HeapTuple
+lock_target(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
+{
+	bool		isnull;
+	Datum		ctid = ExecGetJunkAttribute(planSlot, state->ctid_attno, &isnull);
+	HeapTuple	tuple;
+
+	if (isnull)
+		elog(ERROR, "ctid is NULL");
+	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid));
+	tuple = TaskStoreLockTask(state->store, *id);
+	if (tuple == NULL)
+		return NULL;
+	if (!TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tuple, Anum_task_userid,
+															RelationGetDescr(state->store),
+															&isnull))))
+		return NULL;
+	return tuple;
+}
+
+/*
+ * returning_slot fills slot, for RETURNING, with the foreign table's view
+ * of the task store row tuple.
+ */
+static TupleTableSlot *
+returning_slot(TaskModifyState *state, TupleTableSlot *slot, HeapTuple tuple)
+{
+	Datum		values[Natts_task];
+	bool		nulls[Natts_task];
+
+	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
+	ExecClearTuple(slot);
+	TaskColumnMapProject(state->map, values, nulls, slot->tts_values, slot->tts_isnull);
+	return ExecStoreVirtualTuple(slot);
+}
+
+/*
+ * taskExecForeignUpdate
+ *		Cancel or reschedule one task.
+ */
+TupleTableSlot *
+taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
+					  TupleTableSlot *slot, TupleTableSlot *planSlot)
+{
+	TaskModifyState *state = rinfo->ri_FdwState;
+	Relation	rel = rinfo->ri_RelationDesc;
+	Datum		values[Natts_task];
+	bool		nulls[Natts_task];
+	HeapTuple	tuple;
+	int64		id;
+	char	   *current;
+	bool		cancel = false;
+	bool		reschedule = state->priority_attno != 0 || state->run_at_attno != 0;
+	int			what = TFDW_XACT_LOCKED;
+
+	slot_getallattrs(slot);
+	if (state->state_attno != 0)
+	{
+		char	   *requested = slot->tts_isnull[state->state_attno - 1] ? NULL :
+			TextDatumGetCString(slot->tts_values[state->state_attno - 1]);
+
+		if (requested == NULL || strcmp(requested, TFDW_STATE_CANCELLED) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid new state \"%s\" for a task of foreign table \"%s\"",
+							requested ? requested : "NULL", RelationGetRelationName(rel)),
+					 errhint("The only state a task can be given is 'cancelled'.")));
+		cancel = true;
+	}
+	if (state->priority_attno != 0 && slot->tts_isnull[state->priority_attno - 1])
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("null value in column \"priority\" of foreign table \"%s\"",
+						RelationGetRelationName(rel))));
+
+	tuple = lock_target(state, planSlot, &id);
+	if (tuple == NULL)
+		return NULL;
+	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
+	current = TextDatumGetCString(values[Anum_task_state - 1]);
+
+	if (is_final(current) || (cancel && strcmp(current, TFDW_STATE_RUNNING) == 0))
+	{
+		/* A finished task keeps its real outcome; a cancel is never an error. */
+		if (cancel && is_final(current))
+			return NULL;
+		if (!cancel)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot reschedule task " INT64_FORMAT ": it is %s", id, current),
+					 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
+		/* Running: the dispatcher cancels it on the remote after commit. */
+		if (nulls[Anum_task_cancel_requested_at - 1])
+		{
+			values[Anum_task_cancel_requested_at - 1] =
+				TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			nulls[Anum_task_cancel_requested_at - 1] = false;
+		}
+		what |= TFDW_XACT_CANCELLED;
+	}
+	else if (strcmp(current, TFDW_STATE_RUNNING) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot reschedule task " INT64_FORMAT ": it is running", id),
+				 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
+	else
+	{
+		/* Queued. */
+		if (state->priority_attno != 0)
+			values[Anum_task_priority - 1] = slot->tts_values[state->priority_attno - 1];
+		if (state->run_at_attno != 0)
+		{
+			values[Anum_task_run_at - 1] = slot->tts_values[state->run_at_attno - 1];
+			nulls[Anum_task_run_at - 1] = slot->tts_isnull[state->run_at_attno - 1];
+		}
+		if (reschedule)
+			what |= TFDW_XACT_SUBMITTED;
+		if (cancel)
+		{
+			values[Anum_task_state - 1] = CStringGetTextDatum(TFDW_STATE_CANCELLED);
+			values[Anum_task_finished_at - 1] =
+				TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			nulls[Anum_task_finished_at - 1] = false;
+			values[Anum_task_error - 1] =
+				CStringGetTextDatum("task was cancelled before it started");
+			nulls[Anum_task_error - 1] = false;
+			values[Anum_task_sqlstate - 1] = CStringGetTextDatum("57014");
+			nulls[Anum_task_sqlstate - 1] = false;
+			what |= TFDW_XACT_FINISHED;
+		}
+	}
+
+	TaskFdwRequestDispatcher(what);
+	tuple = TaskStoreChangeTask(state->store, id, values, nulls);
+	if (what & TFDW_XACT_FINISHED)
+		TaskStoreNotifyFinished(id, TFDW_STATE_CANCELLED);
+	return returning_slot(state, slot, tuple);
+}
+
+/*
+ * taskExecForeignDelete
+ *		Remove one task, cancelling it first if it runs.
+ */
+TupleTableSlot *
+taskExecForeignDelete(EState *estate, ResultRelInfo *rinfo,
+					  TupleTableSlot *slot, TupleTableSlot *planSlot)
+{
+	TaskModifyState *state = rinfo->ri_FdwState;
+	HeapTuple	tuple;
+	int64		id;
+	bool		isnull;
+	char	   *current;
+
+	tuple = lock_target(state, planSlot, &id);
+	if (tuple == NULL)
+		return NULL;
+	current = TextDatumGetCString(heap_getattr(tuple, Anum_task_state,
+											   RelationGetDescr(state->store), &isnull));
+	TaskFdwRequestDispatcher(strcmp(current, TFDW_STATE_RUNNING) == 0
+							 ? TFDW_XACT_LOCKED | TFDW_XACT_CANCELLED
+							 : TFDW_XACT_LOCKED);
+	TaskStoreDeleteTask(state->store, id);
+	return returning_slot(state, slot, tuple);
+}
+
+/*
  * taskEndForeignModify
- *		Finish an INSERT.
+ *		Finish an INSERT, UPDATE or DELETE.
  */
 void
 taskEndForeignModify(EState *estate, ResultRelInfo *rinfo)
 {
 	TaskModifyState *state = rinfo->ri_FdwState;
 
-	if (state)
+	if (state == NULL)
+		return;
+	if (state->insert)
 		TaskStoreEndInsert(state->insert);
+	if (state->store)
+		table_close(state->store, NoLock);
 }
 
 /*

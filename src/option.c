@@ -29,6 +29,7 @@
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/varlena.h"
@@ -50,6 +51,19 @@ typedef struct TaskFdwOption
 /* task_fdw's own options; the libpq ones are appended at first use. */
 static const TaskFdwOption own_options[] = {
 	{"pool_size", ForeignServerRelationId, false},
+	/* Defaults of task attributes: a foreign table's beat its server's. */
+	{"priority", ForeignServerRelationId, false},
+	{"priority", ForeignTableRelationId, false},
+	{"timeout", ForeignServerRelationId, false},
+	{"timeout", ForeignTableRelationId, false},
+	{"max_attempts", ForeignServerRelationId, false},
+	{"max_attempts", ForeignTableRelationId, false},
+	{"retry_sqlstates", ForeignServerRelationId, false},
+	{"retry_sqlstates", ForeignTableRelationId, false},
+	{"retry_delay", ForeignServerRelationId, false},
+	{"retry_delay", ForeignTableRelationId, false},
+	{"batch", ForeignServerRelationId, false},
+	{"batch", ForeignTableRelationId, false},
 	{NULL, InvalidOid, false}
 };
 
@@ -67,6 +81,9 @@ static void init_task_fdw_options(void);
 static const TaskFdwOption *find_option(const char *keyword, Oid context);
 static void report_invalid_option(const char *keyword, Oid context);
 static int	parse_int_option(DefElem *def, int min, int max);
+static int64 parse_interval_option(DefElem *def, bool zero_ok, Interval **result);
+static List *parse_sqlstates_option(DefElem *def);
+static void apply_task_option(DefElem *def, TaskDefaults *defaults);
 static const char *local_socket_host(void);
 
 /*
@@ -188,6 +205,125 @@ parse_int_option(DefElem *def, int min, int max)
 }
 
 /*
+ * TaskFdwIntervalUsecs returns the length of interval in microseconds,
+ * counting a month as 30 days (as pg_sleep_for and statement_timeout do).
+ */
+int64
+TaskFdwIntervalUsecs(const Interval *interval)
+{
+	return interval->time + (int64) interval->day * USECS_PER_DAY +
+		(int64) interval->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
+/*
+ * parse_interval_option returns the length in microseconds of the interval
+ * value of def, and the interval itself in *result, raising an error that
+ * names the option when it is not a positive interval (or zero, if zero_ok).
+ */
+static int64
+parse_interval_option(DefElem *def, bool zero_ok, Interval **result)
+{
+	char	   *value = defGetString(def);
+	MemoryContext cxt = CurrentMemoryContext;
+	Interval   *interval = NULL;
+	int64		usecs = -1;
+
+	PG_TRY();
+	{
+		interval = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+														 CStringGetDatum(value),
+														 ObjectIdGetDatum(InvalidOid),
+														 Int32GetDatum(-1)));
+		usecs = TaskFdwIntervalUsecs(interval);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+	}
+	PG_END_TRY();
+
+	if (interval == NULL || usecs < 0 || (usecs == 0 && !zero_ok))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+				 errmsg("invalid value for option \"%s\": \"%s\"", def->defname, value),
+				 errhint("The value must be a %s interval, such as '30s' or '5 minutes'.",
+						 zero_ok ? "non-negative" : "positive")));
+	*result = interval;
+	return usecs;
+}
+
+/*
+ * parse_sqlstates_option returns the SQLSTATE codes listed, comma-separated,
+ * in def's value, raising an error that names the option for a malformed one.
+ */
+static List *
+parse_sqlstates_option(DefElem *def)
+{
+	char	   *value = defGetString(def);
+	char	   *copy = pstrdup(value);
+	List	   *codes = NIL;
+	char	   *token;
+	char	   *save;
+
+	for (token = strtok_r(copy, ",", &save); token; token = strtok_r(NULL, ",", &save))
+	{
+		char	   *code = token + strspn(token, " \t\n");
+		int			len = strcspn(code, " \t\n");
+
+		if (len != 5 || strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") < 5 ||
+			code[5 + strspn(code + 5, " \t\n")] != '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+					 errmsg("invalid value for option \"%s\": \"%s\"", def->defname, value),
+					 errhint("The value must be a comma-separated list of five-character SQLSTATE codes, such as '40001, 55P03'.")));
+		code[5] = '\0';
+		codes = lappend(codes, code);
+	}
+	return codes;
+}
+
+/*
+ * apply_task_option sets the task attribute default that def gives in
+ * defaults, validating it; options that are not task defaults are ignored.
+ */
+static void
+apply_task_option(DefElem *def, TaskDefaults *defaults)
+{
+	if (strcmp(def->defname, "priority") == 0)
+		defaults->priority = parse_int_option(def, INT_MIN, INT_MAX);
+	else if (strcmp(def->defname, "timeout") == 0)
+		(void) parse_interval_option(def, false, &defaults->timeout);
+	else if (strcmp(def->defname, "max_attempts") == 0)
+		defaults->max_attempts = parse_int_option(def, 1, 10000);
+	else if (strcmp(def->defname, "retry_sqlstates") == 0)
+		defaults->retry_sqlstates = parse_sqlstates_option(def);
+	else if (strcmp(def->defname, "retry_delay") == 0)
+		(void) parse_interval_option(def, true, &defaults->retry_delay);
+	else if (strcmp(def->defname, "batch") == 0)
+		defaults->batch = defGetString(def);
+}
+
+/*
+ * TaskFdwGetTaskDefaults fills defaults with the attribute defaults of tasks
+ * submitted through foreign table table of server: the table's options
+ * override the server's, which override the built-in defaults.
+ */
+void
+TaskFdwGetTaskDefaults(ForeignTable *table, ForeignServer *server,
+					   TaskDefaults *defaults)
+{
+	ListCell   *lc;
+
+	memset(defaults, 0, sizeof(TaskDefaults));
+	defaults->max_attempts = 1;
+	foreach(lc, server->options)
+		apply_task_option((DefElem *) lfirst(lc), defaults);
+	foreach(lc, table->options)
+		apply_task_option((DefElem *) lfirst(lc), defaults);
+}
+
+/*
  * task_fdw_validator
  *		Validate the options given to a task_fdw object: wrapper, server,
  *		user mapping or foreign table.
@@ -212,6 +348,12 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 			(void) parse_int_option(def, 1, 65535);
 		else if (strcmp(def->defname, "connect_timeout") == 0)
 			(void) parse_int_option(def, 0, INT_MAX);
+		else
+		{
+			TaskDefaults scratch;
+
+			apply_task_option(def, &scratch);
+		}
 	}
 
 	PG_RETURN_VOID();

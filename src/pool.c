@@ -37,6 +37,8 @@ static HTAB *pools = NULL;
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static int	pool_count_state(Pool *pool, ConnState state);
+static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
+							int cancel_pid);
 
 /*
  * PoolInit creates the pool table and registers the catalog callbacks.
@@ -100,6 +102,7 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->connect_timeout = 0;
 		dlist_init(&pool->conns);
 		pool->nconns = 0;
+		pool->ncancellers = 0;
 		dlist_init(&pool->held);
 		pool->nheld = 0;
 		pool->has_queued = true;
@@ -121,7 +124,7 @@ pool_count_state(Pool *pool, ConnState state)
 	{
 		Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
-		if (conn->state == state)
+		if (conn->state == state && conn->cancel_pid == 0)
 			n++;
 	}
 	return n;
@@ -224,51 +227,102 @@ PoolConnect(Pool *pool)
 	while (pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
 		   pool->nconns < pool->pool_size)
 	{
-		UserMapping *user = GetUserMapping(pool->key.userid, pool->key.serverid);
 		Task	   *first = dlist_head_element(Task, node, &pool->held);
-		const char **keywords;
-		const char **values;
-		char	   *appname;
-		PGconn	   *pgconn;
-		Conn	   *conn;
+		Conn	   *conn = pool_open_conn(pool, server, first->id, 0);
 
-		/* Out of file descriptors: the tasks wait for a connection to close. */
-		if (!AcquireExternalFD())
+		if (conn == NULL)
 			break;
-
-		appname = psprintf("task_fdw task " INT64_FORMAT, first->id);
-		(void) TaskFdwBuildConnParams(server, user, appname, &keywords, &values);
-		pgconn = PQconnectStartParams(keywords, values, false);
-		if (pgconn == NULL || PQstatus(pgconn) == CONNECTION_BAD)
+		if (conn->state == CONN_CLOSED)
 		{
 			dlist_delete(&first->node);
 			pool->nheld--;
-			if (pgconn)
-				TaskFailFromConn(first, pgconn, "08001");
-			else
-				TaskFail(first, "08001", "out of memory while starting a connection");
-			PQfinish(pgconn);
-			ReleaseExternalFD();
+			TaskFailFromConn(first, conn->conn, "08001");
 			DispatcherTaskFinished(first);
-			continue;
+			PoolCloseConn(conn);
 		}
-		PQsetnonblocking(pgconn, 1);
-
-		conn = MemoryContextAllocZero(TopMemoryContext, sizeof(Conn));
-		conn->pool = pool;
-		conn->conn = pgconn;
-		conn->state = CONN_CONNECTING;
-		conn->sock = PQsocket(pgconn);
-		conn->wait_events = WL_SOCKET_WRITEABLE;
-		conn->wait_pos = -1;
-		conn->appname_task = first->id;
-		if (pool->connect_timeout > 0)
-			conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														 pool->connect_timeout * 1000);
-		dlist_push_tail(&pool->conns, &conn->node);
-		pool->nconns++;
-		DispatcherConnChanged();
 	}
+}
+
+/*
+ * PoolStartCancel opens a canceller: a connection of pool that asks the
+ * remote to cancel the statement of backend remote_pid, then closes.  It
+ * uses the pool's own credentials, so it may cancel the pool's backends
+ * and nothing else.  Runs inside a dispatcher transaction.
+ */
+void
+PoolStartCancel(Pool *pool, int remote_pid)
+{
+	ForeignServer *server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
+	Conn	   *conn;
+
+	if (server == NULL || !user_mapping_exists(pool->key.userid, pool->key.serverid))
+		return;
+	conn = pool_open_conn(pool, server, 0, remote_pid);
+	if (conn != NULL && conn->state == CONN_CLOSED)
+	{
+		ereport(LOG,
+				(errmsg("task_fdw could not send a cancel request for remote backend %d: %s",
+						remote_pid, pchomp(PQerrorMessage(conn->conn)))));
+		PoolCloseConn(conn);
+	}
+}
+
+/*
+ * pool_open_conn starts a connection of pool to server without waiting for
+ * it, named after task appname_task, or a canceller of remote backend
+ * cancel_pid.  Returns NULL when out of file descriptors, and a connection
+ * in state CONN_CLOSED, whose error the caller reports, when libpq could not
+ * start it.
+ */
+static Conn *
+pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel_pid)
+{
+	UserMapping *user = GetUserMapping(pool->key.userid, pool->key.serverid);
+	const char **keywords;
+	const char **values;
+	char	   *appname;
+	PGconn	   *pgconn;
+	Conn	   *conn;
+
+	/* Out of file descriptors: the tasks wait for a connection to close. */
+	if (!AcquireExternalFD())
+		return NULL;
+
+	appname = cancel_pid != 0 ? pstrdup("task_fdw canceller") :
+		psprintf("task_fdw task " INT64_FORMAT, appname_task);
+	(void) TaskFdwBuildConnParams(server, user, appname, &keywords, &values);
+	pgconn = PQconnectStartParams(keywords, values, false);
+	if (pgconn == NULL)
+	{
+		ReleaseExternalFD();
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_OUT_OF_MEMORY),
+				 errmsg("out of memory while starting a connection to server \"%s\"",
+						server->servername)));
+	}
+
+	conn = MemoryContextAllocZero(TopMemoryContext, sizeof(Conn));
+	conn->pool = pool;
+	conn->conn = pgconn;
+	conn->state = PQstatus(pgconn) == CONNECTION_BAD ? CONN_CLOSED : CONN_CONNECTING;
+	conn->sock = PQsocket(pgconn);
+	conn->wait_events = WL_SOCKET_WRITEABLE;
+	conn->wait_pos = -1;
+	conn->appname_task = appname_task;
+	conn->cancel_pid = cancel_pid;
+	if (pool->connect_timeout > 0)
+		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 pool->connect_timeout * 1000);
+	else if (cancel_pid != 0)
+		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
+	PQsetnonblocking(pgconn, 1);
+	dlist_push_tail(&pool->conns, &conn->node);
+	if (cancel_pid != 0)
+		pool->ncancellers++;
+	else
+		pool->nconns++;
+	DispatcherConnChanged();
+	return conn;
 }
 
 /*
@@ -283,7 +337,10 @@ PoolCloseConn(Conn *conn)
 	PQfinish(conn->conn);
 	ReleaseExternalFD();
 	dlist_delete(&conn->node);
-	pool->nconns--;
+	if (conn->cancel_pid != 0)
+		pool->ncancellers--;
+	else
+		pool->nconns--;
 	pfree(conn);
 	DispatcherConnChanged();
 }

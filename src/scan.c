@@ -71,6 +71,7 @@ typedef struct TaskScanState
 	MemoryContext rowcxt;		/* reset for every row */
 	Datum	   *values;			/* one task store row */
 	bool	   *nulls;
+	ItemPointerData tid;		/* where that row is */
 } TaskScanState;
 
 static bool match_key(RelOptInfo *baserel, Oid relid, Expr *clause,
@@ -284,17 +285,21 @@ taskIterateForeignScan(ForeignScanState *node)
 	}
 	if (state->scan != NULL && next_visible_row(state))
 	{
-		int			i;
+		TupleDesc	desc = slot->tts_tupleDescriptor;
+		Datum	   *values = MemoryContextAlloc(state->rowcxt, sizeof(Datum) * desc->natts);
+		bool	   *nulls = MemoryContextAlloc(state->rowcxt, sizeof(bool) * desc->natts);
+		HeapTuple	tuple;
 
-		for (i = 0; i < state->map->natts; i++)
-		{
-			const TaskAttribute *attr = state->map->attrs[i];
-
-			slot->tts_isnull[i] = attr == NULL || state->nulls[attr->task_attnum - 1];
-			slot->tts_values[i] = slot->tts_isnull[i] ? (Datum) 0 :
-				state->values[attr->task_attnum - 1];
-		}
-		ExecStoreVirtualTuple(slot);
+		/*
+		 * A heap tuple rather than a virtual one, so that its ctid (the row
+		 * of the task store) identifies the task to UPDATE and DELETE.
+		 */
+		TaskColumnMapProject(state->map, state->values, state->nulls, values, nulls);
+		MemoryContextSwitchTo(state->rowcxt);
+		tuple = heap_form_tuple(desc, values, nulls);
+		tuple->t_self = state->tid;
+		tuple->t_tableOid = RelationGetRelid(node->ss.ss_currentRelation);
+		ExecStoreHeapTuple(tuple, slot, false);
 	}
 	MemoryContextSwitchTo(old);
 	return slot;
@@ -324,6 +329,7 @@ next_visible_row(TaskScanState *state)
 			continue;
 
 		old = MemoryContextSwitchTo(state->rowcxt);
+		state->tid = tup->t_self;
 		heap_deform_tuple(heap_copytuple(tup), store_desc, state->values, state->nulls);
 		MemoryContextSwitchTo(old);
 		return true;

@@ -31,11 +31,12 @@
 
 TaskFdwShared *TaskFdwState = NULL;
 
-/* This transaction submitted tasks: wake the dispatcher at commit. */
-static bool wakeup_at_commit = false;
+/* What this transaction did to tasks (TFDW_XACT_*): acted on at its end. */
+static int	xact_did = 0;
 
 static Size task_fdw_shmem_size(void);
 static DispatcherSlot *find_slot(Oid dboid);
+static void wake_dispatcher(bool work, bool cancel);
 
 /*
  * task_fdw_shmem_size returns the size of the shared state: one slot per
@@ -83,6 +84,7 @@ TaskFdwShmemStartup(void)
 			memset(slot, 0, sizeof(DispatcherSlot));
 			slot->procno = -1;
 			pg_atomic_init_u32(&slot->work_pending, 0);
+			pg_atomic_init_u32(&slot->cancel_pending, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -114,18 +116,19 @@ TaskFdwSetProcLatch(int procno)
 
 /*
  * TaskFdwRequestDispatcher makes sure this database has a dispatcher slot
- * and arranges to wake its dispatcher when the transaction commits.
+ * and notes what the transaction did to tasks (TFDW_XACT_* flags), so that
+ * the dispatcher and waiters are told when it ends.
  *
- * Called while submitting, where an error is still allowed, so that commit
- * itself has nothing left that could fail.
+ * Called while submitting or changing tasks, where an error is still
+ * allowed, so that commit itself has nothing left that could fail.
  */
 void
-TaskFdwRequestDispatcher(void)
+TaskFdwRequestDispatcher(int what)
 {
 	DispatcherSlot *slot;
 
 	TaskFdwCheckPreloaded();
-	if (wakeup_at_commit)
+	if ((xact_did & what) == what)
 		return;
 
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
@@ -145,19 +148,49 @@ TaskFdwRequestDispatcher(void)
 	slot->dboid = MyDatabaseId;
 	LWLockRelease(TaskFdwState->lock);
 
-	wakeup_at_commit = true;
+	xact_did |= what;
 }
 
 /*
- * TaskFdwXactCallback refuses PREPARE of a transaction that submitted tasks
- * and wakes the dispatcher when one commits.
+ * wake_dispatcher tells this database's dispatcher that there is work
+ * (queued tasks, or task rows no longer locked) and/or running tasks to
+ * cancel, starting one through the launcher if none runs.
+ */
+static void
+wake_dispatcher(bool work, bool cancel)
+{
+	DispatcherSlot *slot;
+
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	slot = find_slot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		if (work)
+			pg_atomic_write_u32(&slot->work_pending, 1);
+		if (cancel)
+			pg_atomic_write_u32(&slot->cancel_pending, 1);
+		if (slot->pid != 0)
+			TaskFdwSetProcLatch(slot->procno);
+		else if (work)
+		{
+			slot->wanted = true;
+			TaskFdwSetProcLatch(TaskFdwState->launcher_procno);
+		}
+	}
+	LWLockRelease(TaskFdwState->lock);
+}
+
+/*
+ * TaskFdwXactCallback refuses PREPARE of a transaction that submitted or
+ * changed tasks, and tells the dispatcher and waiters what it did when it
+ * ends.
  */
 void
 TaskFdwXactCallback(XactEvent event, void *arg)
 {
-	DispatcherSlot *slot;
+	int			did = xact_did;
 
-	if (!wakeup_at_commit)
+	if (did == 0)
 		return;
 
 	switch (event)
@@ -165,30 +198,23 @@ TaskFdwXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_PREPARE:
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot PREPARE a transaction that has submitted task_fdw tasks"),
-					 errhint("Commit the transaction instead; tasks start only after a commit.")));
+					 errmsg("cannot PREPARE a transaction that has submitted or changed task_fdw tasks"),
+					 errhint("Commit the transaction instead; tasks start and stop only after a commit.")));
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			wakeup_at_commit = false;
-			LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
-			slot = find_slot(MyDatabaseId);
-			if (slot != NULL)
-			{
-				pg_atomic_write_u32(&slot->work_pending, 1);
-				if (slot->pid != 0)
-					TaskFdwSetProcLatch(slot->procno);
-				else
-				{
-					slot->wanted = true;
-					TaskFdwSetProcLatch(TaskFdwState->launcher_procno);
-				}
-			}
-			LWLockRelease(TaskFdwState->lock);
+			xact_did = 0;
+			wake_dispatcher((did & (TFDW_XACT_SUBMITTED | TFDW_XACT_LOCKED)) != 0,
+							(did & TFDW_XACT_CANCELLED) != 0);
+			if (did & TFDW_XACT_FINISHED)
+				TaskFdwWakeWaiters();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			wakeup_at_commit = false;
+			xact_did = 0;
+			/* Rows it locked may be claimed or recorded now. */
+			if (did & TFDW_XACT_LOCKED)
+				wake_dispatcher(true, false);
 			break;
 		default:
 			break;

@@ -9,6 +9,11 @@
  * privileges are revoked from PUBLIC, and the per-row cost stays close to
  * that of an INSERT into an ordinary table.
  *
+ * Changes to existing tasks (cancel, reschedule, delete) go through SQL,
+ * run as the owner of the store with prepared plans, because they must
+ * lock the latest version of a row the dispatcher may be updating at the
+ * same time, which SELECT ... FOR UPDATE does for us.
+ *
  * IDENTIFICATION
  *		  src/store.c
  *
@@ -21,8 +26,11 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -65,8 +73,7 @@ TaskStoreBeginInsert(EState *estate)
  * TaskStoreInsert stores a new queued task and returns its id.
  */
 int64
-TaskStoreInsert(TaskInsertState *state, Oid serverid, Oid userid,
-				const char *submitted_by, Datum sql, TimestampTz submitted_at)
+TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
 {
 	TupleTableSlot *slot = state->slot;
 	int64		id = nextval_internal(state->seqid, false);
@@ -79,12 +86,25 @@ TaskStoreInsert(TaskInsertState *state, Oid serverid, Oid userid,
 #define SET_COLUMN(anum, datum) \
 	(slot->tts_values[(anum) - 1] = (datum), slot->tts_isnull[(anum) - 1] = false)
 	SET_COLUMN(Anum_task_id, Int64GetDatum(id));
-	SET_COLUMN(Anum_task_server_id, ObjectIdGetDatum(serverid));
-	SET_COLUMN(Anum_task_userid, ObjectIdGetDatum(userid));
-	SET_COLUMN(Anum_task_sql, sql);
+	SET_COLUMN(Anum_task_server_id, ObjectIdGetDatum(sub->serverid));
+	SET_COLUMN(Anum_task_userid, ObjectIdGetDatum(sub->userid));
+	SET_COLUMN(Anum_task_sql, sub->sql);
 	SET_COLUMN(Anum_task_state, CStringGetTextDatum(TFDW_STATE_QUEUED));
-	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(submitted_by));
-	SET_COLUMN(Anum_task_submitted_at, TimestampTzGetDatum(submitted_at));
+	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(sub->submitted_by));
+	SET_COLUMN(Anum_task_submitted_at, TimestampTzGetDatum(sub->submitted_at));
+	SET_COLUMN(Anum_task_priority, Int32GetDatum(sub->priority));
+	if (sub->has_run_at)
+		SET_COLUMN(Anum_task_run_at, TimestampTzGetDatum(sub->run_at));
+	if (sub->timeout)
+		SET_COLUMN(Anum_task_timeout, IntervalPGetDatum(sub->timeout));
+	SET_COLUMN(Anum_task_max_attempts, Int32GetDatum(sub->max_attempts));
+	SET_COLUMN(Anum_task_attempts, Int32GetDatum(0));
+	if (sub->batch != (Datum) 0)
+		SET_COLUMN(Anum_task_batch, sub->batch);
+	if (sub->retry_sqlstates != (Datum) 0)
+		SET_COLUMN(Anum_task_retry_sqlstates, sub->retry_sqlstates);
+	if (sub->retry_delay)
+		SET_COLUMN(Anum_task_retry_delay, IntervalPGetDatum(sub->retry_delay));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 
@@ -120,10 +140,12 @@ TaskStoreTaskVisible(Oid task_userid)
 /*
  * TaskStoreReadState returns the state of task id as last committed, or NULL
  * if there is no such task or the current user may not see it.  rel is the
- * task store and pkey its primary key index.
+ * task store and pkey its primary key index.  *mine tells whether the
+ * current transaction wrote that version of the task (submitted or changed
+ * it).
  */
 char *
-TaskStoreReadState(Relation rel, Oid pkey, int64 id)
+TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine)
 {
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	ScanKeyData key;
@@ -131,6 +153,7 @@ TaskStoreReadState(Relation rel, Oid pkey, int64 id)
 	HeapTuple	tup;
 	char	   *state = NULL;
 
+	*mine = false;
 	ScanKeyInit(&key, Anum_task_id, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
 	scan = systable_beginscan(rel, pkey, true, snapshot, 1, &key);
 	tup = systable_getnext(scan);
@@ -144,8 +167,177 @@ TaskStoreReadState(Relation rel, Oid pkey, int64 id)
 		if (TaskStoreTaskVisible(userid))
 			state = TextDatumGetCString(heap_getattr(tup, Anum_task_state,
 													 RelationGetDescr(rel), &isnull));
+		*mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 	}
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
 	return state;
+}
+
+/* Statements that change a task on behalf of its submitter. */
+#define LOCK_SQL \
+	"SELECT * FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE"
+#define CHANGE_SQL \
+	"UPDATE task_fdw.task SET state = $2, finished_at = $3, error = $4, sqlstate = $5," \
+	" priority = $6, run_at = $7, cancel_requested_at = $8" \
+	" WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *"
+#define DELETE_SQL \
+	"DELETE FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1"
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr change_plan = NULL;
+static SPIPlanPtr delete_plan = NULL;
+
+/* Saved identity while running a statement as the owner of the store. */
+typedef struct StoreSpi
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} StoreSpi;
+
+/*
+ * store_spi_begin connects to SPI as the owner of the task store, in a
+ * restricted security context, and prepares the statements on first use.
+ */
+static void
+store_spi_begin(StoreSpi *spi, Relation store)
+{
+	GetUserIdAndSecContext(&spi->save_userid, &spi->save_sec_context);
+	SetUserIdAndSecContext(store->rd_rel->relowner,
+						   spi->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (lock_plan == NULL)
+	{
+		Oid			lock_types[1] = {INT8OID};
+		Oid			change_types[8] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID,
+		TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plans[3];
+
+		plans[0] = SPI_prepare(LOCK_SQL, 1, lock_types);
+		plans[1] = SPI_prepare(CHANGE_SQL, 8, change_types);
+		plans[2] = SPI_prepare(DELETE_SQL, 1, lock_types);
+		if (plans[0] == NULL || plans[1] == NULL || plans[2] == NULL)
+			elog(ERROR, "could not prepare task_fdw statements: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plans[0]);
+		SPI_keepplan(plans[1]);
+		SPI_keepplan(plans[2]);
+		lock_plan = plans[0];
+		change_plan = plans[1];
+		delete_plan = plans[2];
+	}
+}
+
+/*
+ * store_spi_end disconnects from SPI and restores the caller's identity.
+ */
+static void
+store_spi_end(StoreSpi *spi)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(spi->save_userid, spi->save_sec_context);
+}
+
+/*
+ * TaskStoreTaskIdAt returns the id of the task whose row version is at tid
+ * in the task store rel (the version a scan of this command returned).
+ */
+int64
+TaskStoreTaskIdAt(Relation rel, ItemPointer tid)
+{
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	bool		isnull;
+	int64		id;
+
+	if (!table_tuple_fetch_row_version(rel, tid, SnapshotAny, slot))
+		elog(ERROR, "could not find the task at (%u,%u)",
+			 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid));
+	id = DatumGetInt64(slot_getattr(slot, Anum_task_id, &isnull));
+	ExecDropSingleTupleTableSlot(slot);
+	return id;
+}
+
+/*
+ * TaskStoreLockTask locks the latest version of task id's row until the end
+ * of the transaction and returns a copy of it, or NULL if the task is gone.
+ */
+HeapTuple
+TaskStoreLockTask(Relation rel, int64 id)
+{
+	StoreSpi	spi;
+	Datum		values[1];
+	HeapTuple	tuple = NULL;
+
+	values[0] = Int64GetDatum(id);
+	store_spi_begin(&spi, rel);
+	if (SPI_execute_plan(lock_plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock task " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+		tuple = SPI_copytuple(SPI_tuptable->vals[0]);
+	store_spi_end(&spi);
+	return tuple;
+}
+
+/*
+ * TaskStoreChangeTask writes new values of the changeable columns of task
+ * id, locked by TaskStoreLockTask, and returns a copy of the new row.
+ * values and nulls are indexed by the store's attribute numbers minus one;
+ * only the changeable columns are read.
+ */
+HeapTuple
+TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls)
+{
+	static const AttrNumber columns[] = {
+		Anum_task_state, Anum_task_finished_at, Anum_task_error, Anum_task_sqlstate,
+		Anum_task_priority, Anum_task_run_at, Anum_task_cancel_requested_at
+	};
+	StoreSpi	spi;
+	Datum		params[8];
+	char		pnulls[8];
+	HeapTuple	tuple;
+	int			i;
+
+	params[0] = Int64GetDatum(id);
+	pnulls[0] = ' ';
+	for (i = 0; i < lengthof(columns); i++)
+	{
+		params[i + 1] = values[columns[i] - 1];
+		pnulls[i + 1] = nulls[columns[i] - 1] ? 'n' : ' ';
+	}
+	store_spi_begin(&spi, rel);
+	if (SPI_execute_plan(change_plan, params, pnulls, false, 1) != SPI_OK_UPDATE_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not change task " INT64_FORMAT, id);
+	tuple = SPI_copytuple(SPI_tuptable->vals[0]);
+	store_spi_end(&spi);
+	return tuple;
+}
+
+/*
+ * TaskStoreDeleteTask removes task id, locked by TaskStoreLockTask.
+ */
+void
+TaskStoreDeleteTask(Relation rel, int64 id)
+{
+	StoreSpi	spi;
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(id);
+	store_spi_begin(&spi, rel);
+	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete task " INT64_FORMAT, id);
+	store_spi_end(&spi);
+}
+
+/*
+ * TaskStoreNotifyFinished queues the completion notification of task id,
+ * sent on channel task_fdw when the transaction commits.
+ */
+void
+TaskStoreNotifyFinished(int64 id, const char *state)
+{
+	Async_Notify(TFDW_NOTIFY_CHANNEL,
+				 psprintf("{\"id\": " INT64_FORMAT ", \"state\": \"%s\"}", id, state));
 }

@@ -46,7 +46,10 @@ static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
 static void capture_error(Task *task, PGresult *res, PGconn *pgconn);
 static void append_json_value(StringInfo buf, PGresult *res, int col);
-static void discard_notice(void *arg, const PGresult *res);
+static void receive_notice(void *arg, const PGresult *res);
+static void conn_cancel_io(Conn *conn, uint32 events);
+static bool is_retryable(Task *task);
+static char *format_usecs(int64 usecs);
 static bool is_json_number(const char *s);
 static char *task_strdup(Task *task, const char *s);
 
@@ -80,6 +83,9 @@ ConnAdvance(Conn *conn, uint32 events)
 		case CONN_RUNNING:
 			conn_io(conn, events);
 			break;
+		case CONN_CANCELLING:
+			conn_cancel_io(conn, events);
+			break;
 		case CONN_CLOSED:
 			break;
 	}
@@ -101,10 +107,24 @@ conn_poll_connect(Conn *conn)
 			conn->wait_events = WL_SOCKET_WRITEABLE;
 			break;
 		case PGRES_POLLING_OK:
+			PQsetNoticeReceiver(conn->conn, receive_notice, conn);
+			if (conn->cancel_pid != 0)
+			{
+				/* A canceller: ask for the cancel, then wait for the answer. */
+				conn->state = CONN_CANCELLING;
+				if (!PQsendQuery(conn->conn,
+								 psprintf("SELECT pg_catalog.pg_cancel_backend(%d)",
+										  conn->cancel_pid)) ||
+					!conn_flush(conn))
+				{
+					conn_lost(conn);
+					return;
+				}
+				break;
+			}
 			conn->state = CONN_IDLE;
 			conn->wait_events = WL_SOCKET_READABLE;
 			conn->deadline = 0;
-			PQsetNoticeReceiver(conn->conn, discard_notice, NULL);
 			break;
 		case PGRES_POLLING_FAILED:
 		default:
@@ -129,6 +149,16 @@ conn_lost(Conn *conn)
 	Pool	   *pool = conn->pool;
 	Task	   *task = conn->task;
 
+	if (conn->cancel_pid != 0)
+	{
+		/* The task's cancel is sent again while it still runs. */
+		ereport(LOG,
+				(errmsg("task_fdw could not send a cancel request for remote backend %d: %s",
+						conn->cancel_pid, pchomp(PQerrorMessage(conn->conn)))));
+		conn->state = CONN_CLOSED;
+		PoolCloseConn(conn);
+		return;
+	}
 	if (task == NULL && conn->state == CONN_CONNECTING && pool->nheld > 0)
 	{
 		/* The task this connection was opened for fails with it. */
@@ -174,6 +204,8 @@ ConnSendTask(Conn *conn)
 	bool		reset = conn->used || conn->appname_task != task->id;
 
 	task->started_at = GetCurrentTimestamp();
+	if (task->timeout > 0)
+		task->deadline = task->started_at + task->timeout;
 	if (reset)
 		sql = psprintf("%sSET application_name = 'task_fdw task " INT64_FORMAT "'",
 					   conn->used ? SESSION_RESET_SQL : "", task->id);
@@ -263,8 +295,12 @@ conn_task_done(Conn *conn, bool reusable)
 	conn->task = NULL;
 	DispatcherTaskFinished(task);
 
-	/* A task that left a transaction open, or a broken session, is not reused. */
-	if (!reusable || PQstatus(conn->conn) != CONNECTION_OK ||
+	/*
+	 * A task that left a transaction open, or a broken session, is not
+	 * reused; nor is a session that a late cancel request could still reach.
+	 */
+	if (!reusable || task->cancel_reason != TASK_CANCEL_NONE ||
+		PQstatus(conn->conn) != CONNECTION_OK ||
 		PQtransactionStatus(conn->conn) != PQTRANS_IDLE ||
 		conn->pool->invalidated)
 	{
@@ -512,10 +548,153 @@ TaskFailFromConn(Task *task, PGconn *pgconn, const char *sqlstate)
 }
 
 /*
- * discard_notice drops a notice from the remote, which libpq would
- * otherwise print to the server log.
+ * receive_notice keeps a notice, warning or info message the remote sends
+ * while conn runs a task, within task_fdw.max_notices and
+ * task_fdw.max_notice_bytes; it drops others, which libpq would otherwise
+ * print to the server log.
  */
 static void
-discard_notice(void *arg, const PGresult *res)
+receive_notice(void *arg, const PGresult *res)
 {
+	Conn	   *conn = (Conn *) arg;
+	Task	   *task = conn->task;
+	const char *severity;
+	const char *message;
+	char	   *notice;
+	MemoryContext old;
+
+	if (task == NULL || conn->state != CONN_RUNNING)
+		return;
+	severity = PQresultErrorField(res, PG_DIAG_SEVERITY);
+	message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	if (message == NULL)
+		return;
+	if (list_length(task->notices) >= TaskFdwMaxNotices ||
+		task->notice_bytes + strlen(message) > TaskFdwMaxNoticeBytes)
+	{
+		task->notices_dropped++;
+		return;
+	}
+	old = MemoryContextSwitchTo(task->cxt);
+	notice = psprintf("%s:  %s", severity ? severity : "NOTICE", message);
+	task->notices = lappend(task->notices, notice);
+	task->notice_bytes += strlen(notice);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * conn_cancel_io reads the answer to a canceller's cancel request, then
+ * closes the canceller.
+ */
+static void
+conn_cancel_io(Conn *conn, uint32 events)
+{
+	if (((events & WL_SOCKET_WRITEABLE) && !conn_flush(conn)) ||
+		((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn->conn)))
+	{
+		conn_lost(conn);
+		return;
+	}
+	while (!PQisBusy(conn->conn))
+	{
+		PGresult   *res = PQgetResult(conn->conn);
+
+		if (res == NULL)
+		{
+			conn->state = CONN_CLOSED;
+			PoolCloseConn(conn);
+			return;
+		}
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			ereport(LOG,
+					(errmsg("task_fdw could not cancel remote backend %d: %s",
+							conn->cancel_pid, pchomp(PQresultErrorMessage(res)))));
+		PQclear(res);
+	}
+}
+
+/*
+ * is_retryable returns whether task's failure is worth another attempt:
+ * a lost or failed connection (class 08), a serialization failure or
+ * deadlock (class 40), or a code listed in its retry_sqlstates.
+ */
+static bool
+is_retryable(Task *task)
+{
+	ListCell   *lc;
+
+	if (task->sqlstate == NULL)
+		return false;
+	if (strncmp(task->sqlstate, "08", 2) == 0 || strncmp(task->sqlstate, "40", 2) == 0)
+		return true;
+	foreach(lc, task->retry_sqlstates)
+		if (strcmp((char *) lfirst(lc), task->sqlstate) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * format_usecs returns a duration for messages: "200 ms", "5 s", "1.5 s".
+ */
+static char *
+format_usecs(int64 usecs)
+{
+	if (usecs < USECS_PER_SEC || usecs % 1000 != 0)
+		return psprintf(INT64_FORMAT " ms", usecs / 1000);
+	if (usecs % USECS_PER_SEC == 0)
+		return psprintf(INT64_FORMAT " s", usecs / USECS_PER_SEC);
+	return psprintf("%.3f s", (double) usecs / USECS_PER_SEC);
+}
+
+/*
+ * TaskResolveOutcome decides what to record for a finished task, and returns
+ * the state: a remote cancel the submitter asked for makes it cancelled, one
+ * its timeout caused a timeout failure, and a retryable failure with
+ * attempts left queues it again at task->retry_at.  A task that ended some
+ * other way keeps its real outcome.
+ */
+const char *
+TaskResolveOutcome(Task *task)
+{
+	bool		cancelled_remotely;
+	MemoryContext old;
+
+	if (task->resolved)
+		return task->final_state;
+	task->resolved = true;
+	old = MemoryContextSwitchTo(task->cxt);
+	if (task->notices_dropped > 0)
+		task->notices = lappend(task->notices,
+								psprintf("task_fdw: %d more messages were not kept",
+										 task->notices_dropped));
+	if (task->final_state == NULL)
+		task->final_state = TFDW_STATE_FAILED;
+	if (strcmp(task->final_state, TFDW_STATE_FAILED) != 0)
+	{
+		MemoryContextSwitchTo(old);
+		return task->final_state;
+	}
+
+	cancelled_remotely = task->sqlstate && strcmp(task->sqlstate, "57014") == 0;
+	if (task->cancel_reason == TASK_CANCEL_USER && cancelled_remotely)
+		task->final_state = TFDW_STATE_CANCELLED;
+	else if (task->cancel_reason == TASK_CANCEL_TIMEOUT && cancelled_remotely)
+	{
+		task->error_detail = psprintf("The remote server reported: %s", task->error);
+		task->error = psprintf("task timed out after %s", format_usecs(task->timeout));
+	}
+	else if (task->cancel_reason == TASK_CANCEL_NONE &&
+			 task->attempts < task->max_attempts && is_retryable(task))
+	{
+		int64		delay = task->retry_delay;
+		int			i;
+
+		/* Exponential backoff, capped at an hour. */
+		for (i = 1; i < task->attempts && delay < USECS_PER_HOUR; i++)
+			delay *= 2;
+		task->retry_at = GetCurrentTimestamp() + Min(delay, USECS_PER_HOUR);
+		task->final_state = TFDW_STATE_QUEUED;
+	}
+	MemoryContextSwitchTo(old);
+	return task->final_state;
 }

@@ -25,6 +25,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 #include "utils/memutils.h"
 
 #include "task_fdw.h"
@@ -36,6 +37,9 @@ int			TaskFdwMaxResultRows = 1000;
 int			TaskFdwMaxResultBytes = 1024 * 1024;
 int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
+int			TaskFdwMaxNotices = 100;
+int			TaskFdwMaxNoticeBytes = 64 * 1024;
+int			TaskFdwRetention = 7 * SECS_PER_DAY;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -80,6 +84,27 @@ _PG_init(void)
 							&TaskFdwRecheckInterval,
 							10000, 100, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.max_notices",
+							"Maximum number of remote notices kept per task.",
+							"Later notices are counted but not kept.",
+							&TaskFdwMaxNotices,
+							100, 0, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.max_notice_bytes",
+							"Maximum total size of the remote notices kept per task.",
+							NULL,
+							&TaskFdwMaxNoticeBytes,
+							64 * 1024, 0, MaxAllocSize / 4,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.retention",
+							"Time after which finished tasks are removed.",
+							"0 keeps finished tasks until they are deleted.",
+							&TaskFdwRetention,
+							7 * SECS_PER_DAY, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");
 
@@ -153,7 +178,10 @@ task_fdw_handler(PG_FUNCTION_ARGS)
 	routine->IsForeignRelUpdatable = taskIsForeignRelUpdatable;
 	routine->PlanForeignModify = taskPlanForeignModify;
 	routine->BeginForeignModify = taskBeginForeignModify;
+	routine->AddForeignUpdateTargets = taskAddForeignUpdateTargets;
 	routine->ExecForeignInsert = taskExecForeignInsert;
+	routine->ExecForeignUpdate = taskExecForeignUpdate;
+	routine->ExecForeignDelete = taskExecForeignDelete;
 	routine->EndForeignModify = taskEndForeignModify;
 	routine->BeginForeignInsert = taskBeginForeignInsert;
 	routine->EndForeignInsert = taskEndForeignInsert;

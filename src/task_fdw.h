@@ -21,8 +21,11 @@
 #define TASK_FDW_H
 
 #include "access/attnum.h"
+#include "access/htup.h"
+#include "storage/itemptr.h"
 #include "access/xact.h"
 #include "datatype/timestamp.h"
+#include "utils/timestamp.h"
 #include "foreign/foreign.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
@@ -54,7 +57,20 @@
 #define Anum_task_error_detail		17
 #define Anum_task_error_hint		18
 #define Anum_task_error_context		19
-#define Natts_task					19
+#define Anum_task_priority			20
+#define Anum_task_run_at			21
+#define Anum_task_timeout			22
+#define Anum_task_max_attempts		23
+#define Anum_task_attempts			24
+#define Anum_task_batch				25
+#define Anum_task_notices			26
+#define Anum_task_retry_sqlstates	27
+#define Anum_task_retry_delay		28
+#define Anum_task_cancel_requested_at 29
+#define Natts_task					29
+
+/* The channel of completion notifications. */
+#define TFDW_NOTIFY_CHANNEL		"task_fdw"
 
 /* Task states, as stored and shown. */
 #define TFDW_STATE_QUEUED		"queued"
@@ -73,6 +89,7 @@ typedef struct TaskAttribute
 	Oid			typid;
 	AttrNumber	task_attnum;
 	bool		writable;		/* may be given by INSERT */
+	bool		updatable;		/* may be changed by UPDATE */
 } TaskAttribute;
 
 /*
@@ -95,6 +112,7 @@ typedef struct DispatcherSlot
 	bool		wanted;			/* a dispatcher should run for dboid */
 	bool		clean_exit;		/* the last one exited on purpose: restart at once */
 	pg_atomic_uint32 work_pending;	/* set by committing submitters */
+	pg_atomic_uint32 cancel_pending;	/* set when running tasks are cancelled */
 } DispatcherSlot;
 
 /* The shared state of task_fdw, one per cluster. */
@@ -122,6 +140,7 @@ struct ForeignScan;
 struct Plan;
 struct ModifyTable;
 struct ImportForeignSchemaStmt;
+struct RangeTblEntry;
 struct TupleTableSlot;
 
 extern void taskGetForeignRelSize(struct PlannerInfo *root, struct RelOptInfo *baserel,
@@ -152,6 +171,17 @@ extern struct TupleTableSlot *taskExecForeignInsert(struct EState *estate,
 													struct ResultRelInfo *rinfo,
 													struct TupleTableSlot *slot,
 													struct TupleTableSlot *planSlot);
+extern void taskAddForeignUpdateTargets(struct PlannerInfo *root, Index rtindex,
+										struct RangeTblEntry *target_rte,
+										Relation target_relation);
+extern struct TupleTableSlot *taskExecForeignUpdate(struct EState *estate,
+													struct ResultRelInfo *rinfo,
+													struct TupleTableSlot *slot,
+													struct TupleTableSlot *planSlot);
+extern struct TupleTableSlot *taskExecForeignDelete(struct EState *estate,
+													struct ResultRelInfo *rinfo,
+													struct TupleTableSlot *slot,
+													struct TupleTableSlot *planSlot);
 extern void taskEndForeignModify(struct EState *estate, struct ResultRelInfo *rinfo);
 extern void taskBeginForeignInsert(struct ModifyTableState *mtstate,
 								   struct ResultRelInfo *rinfo);
@@ -163,6 +193,9 @@ extern int	TaskFdwMaxResultRows;
 extern int	TaskFdwMaxResultBytes;
 extern int	TaskFdwIdleTimeout;
 extern int	TaskFdwRecheckInterval;
+extern int	TaskFdwMaxNotices;
+extern int	TaskFdwMaxNoticeBytes;
+extern int	TaskFdwRetention;
 extern void TaskFdwCheckPreloaded(void);
 
 /* in option.c */
@@ -173,6 +206,20 @@ typedef struct TaskServerOptions
 } TaskServerOptions;
 extern void TaskFdwGetServerOptions(ForeignServer *server,
 									TaskServerOptions *opts);
+
+/* Defaults of the per-task attributes, from a foreign table and its server. */
+typedef struct TaskDefaults
+{
+	int			priority;
+	Interval   *timeout;		/* NULL: none */
+	int			max_attempts;
+	List	   *retry_sqlstates;	/* of char *, five-character codes */
+	Interval   *retry_delay;	/* NULL: the built-in one */
+	char	   *batch;			/* NULL: none */
+} TaskDefaults;
+extern void TaskFdwGetTaskDefaults(ForeignTable *table, ForeignServer *server,
+								   TaskDefaults *defaults);
+extern int64 TaskFdwIntervalUsecs(const Interval *interval);
 extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 								   const char *appname,
 								   const char ***keywords, const char ***values);
@@ -180,6 +227,8 @@ extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 /* in attrs.c */
 extern const TaskAttribute *TaskAttributeLookup(const char *name);
 extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
+extern void TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
+								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
@@ -190,7 +239,12 @@ extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,
 extern TaskFdwShared *TaskFdwState;
 extern void TaskFdwShmemRequest(void);
 extern void TaskFdwShmemStartup(void);
-extern void TaskFdwRequestDispatcher(void);
+/* What a transaction did to tasks, for TaskFdwRequestDispatcher. */
+#define TFDW_XACT_SUBMITTED		0x01	/* submitted or rescheduled tasks */
+#define TFDW_XACT_CANCELLED		0x02	/* cancelled or deleted running tasks */
+#define TFDW_XACT_FINISHED		0x04	/* cancelled queued tasks */
+#define TFDW_XACT_LOCKED		0x08	/* locked task rows */
+extern void TaskFdwRequestDispatcher(int what);
 extern void TaskFdwXactCallback(XactEvent event, void *arg);
 extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
 extern bool TaskFdwSlotIdleExit(DispatcherSlot *slot);
@@ -202,13 +256,35 @@ extern void TaskFdwRegisterLauncher(void);
 
 /* in store.c */
 typedef struct TaskInsertState TaskInsertState;
+
+/* A task being submitted, with its attributes resolved. */
+typedef struct TaskSubmission
+{
+	Oid			serverid;
+	Oid			userid;
+	const char *submitted_by;
+	Datum		sql;
+	TimestampTz submitted_at;
+	int			priority;
+	bool		has_run_at;
+	TimestampTz run_at;
+	Interval   *timeout;		/* NULL: none */
+	int			max_attempts;
+	Datum		batch;			/* text, or 0 for none */
+	Datum		retry_sqlstates;	/* text[], or 0 for none */
+	Interval   *retry_delay;	/* NULL: the built-in one */
+} TaskSubmission;
+
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
-extern int64 TaskStoreInsert(TaskInsertState *state, Oid serverid, Oid userid,
-							 const char *submitted_by, Datum sql,
-							 TimestampTz submitted_at);
+extern int64 TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub);
 extern void TaskStoreEndInsert(TaskInsertState *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
-extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id);
+extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
+extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid);
+extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
+extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
+extern void TaskStoreDeleteTask(Relation rel, int64 id);
+extern void TaskStoreNotifyFinished(int64 id, const char *state);
 
 /* in wait.c */
 extern void TaskFdwWakeWaiters(void);

@@ -7,7 +7,9 @@
  * snapshot, so it works in any isolation level) each time a dispatcher
  * broadcasts the shared condition variable after recording finished tasks,
  * and sleeps on it otherwise.  The sleep responds to query cancel and
- * statement_timeout.
+ * statement_timeout.  Waiting for a task that the waiting transaction itself
+ * submitted or changed is an error: the dispatcher cannot see it before the
+ * transaction commits, so the wait could only time out.
  *
  * IDENTIFICATION
  *		  src/wait.c
@@ -16,7 +18,10 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -24,6 +29,9 @@
 #include "storage/condition_variable.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "task_fdw.h"
@@ -31,10 +39,14 @@
 
 PG_FUNCTION_INFO_V1(task_fdw_wait);
 PG_FUNCTION_INFO_V1(task_fdw_wait_many);
+PG_FUNCTION_INFO_V1(task_fdw_wait_batch);
 
 static TimestampTz wait_deadline(FunctionCallInfo fcinfo, int argno);
 static bool is_final_state(const char *state);
 static void wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline);
+static bool wait_sleep(TimestampTz deadline);
+static void check_not_mine(int64 id, bool mine, const char *state);
+static bool read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states);
 
 /*
  * TaskFdwWakeWaiters wakes every session waiting for tasks to finish.
@@ -58,8 +70,7 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 	if (PG_ARGISNULL(argno))
 		return 0;
 	timeout = PG_GETARG_INTERVAL_P(argno);
-	usecs = timeout->time + (int64) timeout->day * USECS_PER_DAY +
-		(int64) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	usecs = TaskFdwIntervalUsecs(timeout);
 	if (usecs < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -87,13 +98,12 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 {
 	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
 	Oid			pkey = TaskStoreIndex("task_pkey");
-	ConditionVariable *cv = &TaskFdwState->task_finished;
 
-	ConditionVariablePrepareToSleep(cv);
+	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
 		bool		all_final = true;
-		long		remaining = -1;
+		bool		mine;
 		int			i;
 
 		for (i = 0; i < n; i++)
@@ -104,31 +114,57 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 					continue;
 				pfree(states[i]);
 			}
-			states[i] = TaskStoreReadState(rel, pkey, ids[i]);
+			states[i] = TaskStoreReadState(rel, pkey, ids[i], &mine);
 			if (states[i] == NULL)
-			{
-				ConditionVariableCancelSleep();
 				ereport(ERROR,
 						(errcode(ERRCODE_UNDEFINED_OBJECT),
 						 errmsg("task " INT64_FORMAT " does not exist", ids[i])));
-			}
+			check_not_mine(ids[i], mine, states[i]);
 			if (!is_final_state(states[i]))
 				all_final = false;
 		}
-		if (all_final)
+		if (all_final || !wait_sleep(deadline))
 			break;
-		if (deadline != 0)
-		{
-			TimestampTz now = GetCurrentTimestamp();
-
-			if (now >= deadline)
-				break;
-			remaining = TimestampDifferenceMilliseconds(now, deadline) + 1;
-		}
-		(void) ConditionVariableTimedSleep(cv, remaining, TFDW_WAIT_EVENT_TASK);
 	}
 	ConditionVariableCancelSleep();
 	table_close(rel, AccessShareLock);
+}
+
+/*
+ * wait_sleep sleeps until tasks may have finished, and returns false
+ * instead if deadline (0: none) has passed.
+ */
+static bool
+wait_sleep(TimestampTz deadline)
+{
+	long		remaining = -1;
+
+	if (deadline != 0)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (now >= deadline)
+			return false;
+		remaining = TimestampDifferenceMilliseconds(now, deadline) + 1;
+	}
+	(void) ConditionVariableTimedSleep(&TaskFdwState->task_finished, remaining,
+									   TFDW_WAIT_EVENT_TASK);
+	return true;
+}
+
+/*
+ * check_not_mine raises an error for a task in state that the current
+ * transaction submitted or changed (mine) and that is not finished.
+ */
+static void
+check_not_mine(int64 id, bool mine, const char *state)
+{
+	if (mine && !is_final_state(state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot wait for task " INT64_FORMAT ": the current transaction submitted or changed it",
+						id),
+				 errhint("Commit first; the dispatcher sees tasks only once the transaction that submitted or changed them has committed.")));
 }
 
 /*
@@ -200,6 +236,95 @@ task_fdw_wait_many(PG_FUNCTION_ARGS)
 
 		values[0] = Int64GetDatum(ids[i]);
 		values[1] = CStringGetTextDatum(states[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * read_batch reads the id and state of each of the current user's tasks
+ * labelled batch, as last committed, and returns whether all are finished.
+ */
+static bool
+read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
+{
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	TupleDesc	desc = RelationGetDescr(rel);
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		all_final = true;
+
+	*ids = NIL;
+	*states = NIL;
+	ScanKeyInit(&keys[0], Anum_task_userid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(GetUserId()));
+	ScanKeyInit(&keys[1], Anum_task_batch, BTEqualStrategyNumber, F_TEXTEQ, batch);
+	scan = systable_beginscan(rel, index, true, snapshot, 2, keys);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		bool		isnull;
+		int64	   *id = palloc(sizeof(int64));
+		char	   *state;
+
+		*id = DatumGetInt64(heap_getattr(tup, Anum_task_id, desc, &isnull));
+		state = TextDatumGetCString(heap_getattr(tup, Anum_task_state, desc, &isnull));
+		check_not_mine(*id,
+					   TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)),
+					   state);
+		if (!is_final_state(state))
+			all_final = false;
+		*ids = lappend(*ids, id);
+		*states = lappend(*states, state);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	return all_final;
+}
+
+/*
+ * task_fdw_wait_batch
+ *		Wait for all of the caller's tasks of a batch; return each one's state.
+ */
+Datum
+task_fdw_wait_batch(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	rel;
+	Oid			index;
+	TimestampTz deadline;
+	List	   *ids;
+	List	   *states;
+	ListCell   *lc1;
+	ListCell   *lc2;
+
+	TaskFdwCheckPreloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("batch must not be null")));
+	deadline = wait_deadline(fcinfo, 1);
+	rel = table_open(TaskStoreRelid(), AccessShareLock);
+	index = TaskStoreIndex("task_batch_idx");
+
+	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
+	while (!read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states) &&
+		   wait_sleep(deadline))
+	{
+		list_free_deep(ids);
+		list_free_deep(states);
+	}
+	ConditionVariableCancelSleep();
+	table_close(rel, AccessShareLock);
+
+	InitMaterializedSRF(fcinfo, 0);
+	forboth(lc1, ids, lc2, states)
+	{
+		Datum		values[2];
+		bool		isnull[2] = {false, false};
+
+		values[0] = Int64GetDatum(*(int64 *) lfirst(lc1));
+		values[1] = CStringGetTextDatum((char *) lfirst(lc2));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
 	}
 	return (Datum) 0;

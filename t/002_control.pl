@@ -1,0 +1,121 @@
+# Task control that needs a whole cluster or a clock: how fast a cancel and
+# a timeout stop a remote statement, deleting a running task, completion
+# notifications for a batch, and retention of finished tasks.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my $node = PostgreSQL::Test::Cluster->new('control');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'task_fdw'
+max_worker_processes = 16
+});
+$node->start;
+
+$node->safe_psql('postgres', q{
+CREATE EXTENSION task_fdw;
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+IMPORT FOREIGN SCHEMA task_fdw FROM SERVER loopback INTO public;
+});
+
+# Number of remote backends running the statement $sql.
+sub active_count
+{
+	my ($sql) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE query = '$sql' AND state = 'active'");
+}
+
+# --- Cancel a running pg_sleep(60): cancelled within 2 s, remote statement gone.
+my $id = $node->safe_psql('postgres',
+	"INSERT INTO tasks(sql) VALUES ('SELECT pg_sleep(60)') RETURNING id");
+$node->poll_query_until('postgres', "SELECT state = 'running' FROM tasks WHERE id = $id")
+  or die "task $id never started";
+is(active_count('SELECT pg_sleep(60)'), '1', 'the remote runs the sleeping task');
+my $start = time();
+$node->safe_psql('postgres', "UPDATE tasks SET state = 'cancelled' WHERE id = $id");
+my $state = $node->safe_psql('postgres', "SELECT task_fdw.wait($id, '30s')");
+my $elapsed = time() - $start;
+is($state, 'cancelled', 'a running task cancelled through UPDATE ends cancelled');
+cmp_ok($elapsed, '<', 2, sprintf('the cancel took effect in %.3f s', $elapsed));
+is(active_count('SELECT pg_sleep(60)'), '0', 'the remote no longer runs the task');
+is($node->safe_psql('postgres', "SELECT sqlstate || ' ' || error FROM tasks WHERE id = $id"),
+	'57014 canceling statement due to user request', 'the remote error of the cancel is kept');
+
+# --- A timeout of 200 ms ends pg_sleep(5) as failed 57014 in under 1.5 s.
+$start = time();
+$id = $node->safe_psql('postgres',
+	"INSERT INTO tasks(sql, timeout) VALUES ('SELECT pg_sleep(5)', '200ms') RETURNING id");
+$state = $node->safe_psql('postgres', "SELECT task_fdw.wait($id, '30s')");
+$elapsed = time() - $start;
+is($state, 'failed', 'a task over its timeout fails');
+cmp_ok($elapsed, '<', 1.5, sprintf('the timeout ended the task after %.3f s', $elapsed));
+cmp_ok($elapsed, '>=', 0.2, 'not before its timeout');
+is($node->safe_psql('postgres', "SELECT sqlstate || ' ' || error FROM tasks WHERE id = $id"),
+	'57014 task timed out after 200 ms', 'the error says the task timed out, and after how long');
+is(active_count('SELECT pg_sleep(5)'), '0', 'the remote no longer runs the timed-out task');
+
+# --- DELETE of a running task cancels it on the remote.
+$id = $node->safe_psql('postgres',
+	"INSERT INTO tasks(sql) VALUES ('SELECT pg_sleep(61)') RETURNING id");
+$node->poll_query_until('postgres', "SELECT state = 'running' FROM tasks WHERE id = $id")
+  or die "task $id never started";
+is($node->safe_psql('postgres', "DELETE FROM tasks WHERE id = $id RETURNING state"),
+	'running', 'DELETE ... RETURNING shows the running task it removes');
+ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(61)'"),
+	'the remote statement of a deleted task is cancelled');
+is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE id = $id"), '0',
+	'the deleted task stays deleted');
+
+# --- wait_batch and LISTEN: one notification per finished task, with its state.
+$node->safe_psql('postgres', 'CREATE TABLE batch_side (n int)');
+my ($stdout, $stderr);
+$node->psql('postgres', undef,
+	extra_params => [
+		'-c', 'LISTEN task_fdw',
+		'-c', q{INSERT INTO tasks(sql, batch)
+		        SELECT CASE WHEN g = 20 THEN 'SELECT 1/0'
+		                    ELSE format('INSERT INTO batch_side VALUES (%s)', g) END, 'b20'
+		          FROM generate_series(1, 20) g},
+		'-c', q{SELECT string_agg(state, ',' ORDER BY id) FROM task_fdw.wait_batch('b20')},
+		'-c', q{SELECT count(*) FROM batch_side},
+		'-c', 'SELECT 1 AS last'],
+	stdout => \$stdout, stderr => \$stderr);
+my ($batch_states) = $stdout =~ /^((?:done,){19}failed)$/m;
+ok(defined $batch_states, 'wait_batch returned all 20 tasks, finished');
+my @rows_line = $stdout =~ /^(\d+)$/mg;
+is($rows_line[0], '19', 'when wait_batch returned, all 19 writing tasks had written');
+my %notified;
+while ($stdout =~ /Asynchronous notification "task_fdw" with payload "\{"id": (\d+), "state": "(\w+)"\}"/g)
+{
+	$notified{$1} .= $2;
+}
+my %expected = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
+	"SELECT id, state FROM tasks WHERE batch = 'b20'");
+is(scalar(keys %notified), 20, 'one notification for each of the 20 tasks');
+is_deeply(\%notified, \%expected, 'each notification has the id and final state of its task');
+
+# --- Retention: finished tasks older than task_fdw.retention go, queued ones stay.
+$node->safe_psql('postgres', q{
+INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
+ALTER SYSTEM SET task_fdw.retention = '1s';
+SELECT pg_reload_conf();
+});
+ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM tasks WHERE state <> 'queued'"),
+	'finished tasks older than task_fdw.retention are removed');
+is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE state = 'queued'"), '1',
+	'queued tasks are kept');
+$node->safe_psql('postgres', q{
+ALTER SYSTEM RESET task_fdw.retention;
+SELECT pg_reload_conf();
+});
+
+$node->stop;
+done_testing();
