@@ -36,6 +36,8 @@ INSERT INTO ctl_retry(sql) VALUES ('SELECT 3') RETURNING state, max_attempts;
 -- bad values are refused
 INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '0s');
 INSERT INTO ctl_tasks(sql, max_attempts) VALUES ('SELECT 1', 0);
+INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '-1 hour');
+INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '1 month -30 days');
 INSERT INTO ctl_tasks(sql, attempts) VALUES ('SELECT 1', 2);
 INSERT INTO ctl_tasks(sql, notices) VALUES ('SELECT 1', '{}');
 SELECT count(*) AS finished
@@ -185,6 +187,20 @@ SELECT format('INSERT INTO run_order(label) VALUES (%L)', 'batch ' || g), 'b20'
   FROM generate_series(1, 20) g;
 SELECT state, count(*) FROM task_fdw.wait_batch('b20') GROUP BY state;
 SELECT count(*) AS rows_written FROM run_order WHERE label LIKE 'batch %';
+-- from a procedure that submits, commits and waits, and from a function
+CREATE PROCEDURE run_batch(label text, n int) LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ctl_tasks(sql, batch) SELECT 'SELECT 1', label FROM generate_series(1, n);
+    COMMIT;
+    RAISE NOTICE 'batch %: % tasks finished', label,
+        (SELECT count(*) FROM task_fdw.wait_batch(label));
+END $$;
+CALL run_batch('proc', 5);
+CREATE FUNCTION batch_done(label text) RETURNS bigint LANGUAGE sql
+    AS $$ SELECT count(*) FROM task_fdw.wait_batch(label) WHERE state = 'done' $$;
+SELECT batch_done('proc');
+DROP PROCEDURE run_batch;
+DROP FUNCTION batch_done;
 -- an unknown batch has no tasks to wait for
 SELECT * FROM task_fdw.wait_batch('no such batch');
 SELECT * FROM task_fdw.wait_batch(NULL);
@@ -197,6 +213,10 @@ ROLLBACK;
 SELECT pg_advisory_lock(4242);
 INSERT INTO ctl_tasks(sql, batch) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'slow');
 SELECT state IN ('queued', 'running') AS unfinished FROM task_fdw.wait_batch('slow', '100ms');
+-- waiting responds to query cancel, here from statement_timeout
+SET statement_timeout = '200ms';
+SELECT * FROM task_fdw.wait_batch('slow');
+RESET statement_timeout;
 SELECT pg_advisory_unlock(4242);
 SELECT state FROM task_fdw.wait_batch('slow');
 

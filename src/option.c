@@ -206,13 +206,21 @@ parse_int_option(DefElem *def, int min, int max)
 
 /*
  * TaskFdwIntervalUsecs returns the length of interval in microseconds,
- * counting a month as 30 days (as pg_sleep_for and statement_timeout do).
+ * counting a month as 30 days, and capped at TFDW_MAX_INTERVAL_USECS (some
+ * 36,000 years) so that adding it to a timestamp cannot overflow.
  */
 int64
 TaskFdwIntervalUsecs(const Interval *interval)
 {
-	return interval->time + (int64) interval->day * USECS_PER_DAY +
-		(int64) interval->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	int64		days = (int64) interval->month * DAYS_PER_MONTH + interval->day;
+	int64		usecs;
+
+	if (days > TFDW_MAX_INTERVAL_USECS / USECS_PER_DAY)
+		return TFDW_MAX_INTERVAL_USECS;
+	if (days < -TFDW_MAX_INTERVAL_USECS / USECS_PER_DAY)
+		return -TFDW_MAX_INTERVAL_USECS;
+	usecs = days * USECS_PER_DAY + interval->time;
+	return Max(Min(usecs, TFDW_MAX_INTERVAL_USECS), -TFDW_MAX_INTERVAL_USECS);
 }
 
 /*

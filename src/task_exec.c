@@ -687,12 +687,13 @@ TaskResolveOutcome(Task *task)
 			 task->attempts < task->max_attempts && is_retryable(task))
 	{
 		int64		delay = task->retry_delay;
+		int64		cap = Max(task->retry_delay, USECS_PER_HOUR);
 		int			i;
 
-		/* Exponential backoff, capped at an hour. */
-		for (i = 1; i < task->attempts && delay < USECS_PER_HOUR; i++)
+		/* Exponential backoff, doubling up to an hour (or retry_delay). */
+		for (i = 1; i < task->attempts && delay < cap; i++)
 			delay *= 2;
-		task->retry_at = GetCurrentTimestamp() + Min(delay, USECS_PER_HOUR);
+		task->retry_at = GetCurrentTimestamp() + Min(delay, cap);
 		task->final_state = TFDW_STATE_QUEUED;
 	}
 	MemoryContextSwitchTo(old);

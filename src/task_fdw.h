@@ -220,6 +220,7 @@ typedef struct TaskDefaults
 extern void TaskFdwGetTaskDefaults(ForeignTable *table, ForeignServer *server,
 								   TaskDefaults *defaults);
 extern int64 TaskFdwIntervalUsecs(const Interval *interval);
+#define TFDW_MAX_INTERVAL_USECS	(INT64CONST(1) << 60)
 extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 								   const char *appname,
 								   const char ***keywords, const char ***values);
