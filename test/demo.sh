@@ -59,5 +59,14 @@ SELECT id, state, command_tag, rows, result, sqlstate, error,
   FROM tasks ORDER BY id;
 \echo == the indexes the tasks built
 SELECT indexname FROM pg_indexes WHERE tablename = 'big' ORDER BY 1;
+
+\echo == a runaway task, a timeout, and a cancel through UPDATE
+INSERT INTO tasks(sql, batch) VALUES ('SELECT pg_sleep(600)', 'runaway');
+INSERT INTO tasks(sql, timeout, batch) VALUES ('SELECT pg_sleep(600)', '300ms', 'runaway');
+SELECT * FROM task_fdw.wait_batch('runaway', '100ms') ORDER BY id;
+UPDATE tasks SET state = 'cancelled' WHERE batch = 'runaway' AND timeout IS NULL RETURNING id, state;
+SELECT * FROM task_fdw.wait_batch('runaway') ORDER BY id;
+SELECT id, state, sqlstate, error, round(extract(epoch FROM finished_at - started_at)::numeric, 3) AS seconds
+  FROM tasks WHERE batch = 'runaway' ORDER BY id;
 SQL
 echo "== stopping and removing the cluster"
