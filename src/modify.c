@@ -87,7 +87,6 @@ static HeapTuple lock_target(TaskModifyState *state, TupleTableSlot *planSlot,
 							 int64 *id);
 static TupleTableSlot *returning_slot(TaskModifyState *state, TupleTableSlot *slot,
 									  HeapTuple tuple);
-static bool is_final(const char *state);
 
 /*
  * find_column returns the foreign table column holding task attribute
@@ -436,17 +435,6 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 }
 
 /*
- * is_final returns whether a task in state will not change any more.
- */
-static bool
-is_final(const char *state)
-{
-	return strcmp(state, TFDW_STATE_DONE) == 0 ||
-		strcmp(state, TFDW_STATE_FAILED) == 0 ||
-		strcmp(state, TFDW_STATE_CANCELLED) == 0;
-}
-
-/*
  * lock_target locks the latest version of the task that planSlot's row
  * identifies and returns it, with its id in *id; or returns NULL when the
  * task is gone or the user may not change it.
@@ -532,10 +520,10 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
 	current = TextDatumGetCString(values[Anum_task_state - 1]);
 
-	if (is_final(current) || (cancel && strcmp(current, TFDW_STATE_RUNNING) == 0))
+	if (TaskStateIsFinal(current) || (cancel && strcmp(current, TFDW_STATE_RUNNING) == 0))
 	{
 		/* A finished task keeps its real outcome; a cancel is never an error. */
-		if (cancel && is_final(current))
+		if (cancel && TaskStateIsFinal(current))
 			return NULL;
 		if (!cancel)
 			ereport(ERROR,

@@ -125,6 +125,17 @@ TaskStoreEndInsert(TaskInsertState *state)
 }
 
 /*
+ * TaskStateIsFinal returns whether a task in state will not change any more.
+ */
+bool
+TaskStateIsFinal(const char *state)
+{
+	return strcmp(state, TFDW_STATE_DONE) == 0 ||
+		strcmp(state, TFDW_STATE_FAILED) == 0 ||
+		strcmp(state, TFDW_STATE_CANCELLED) == 0;
+}
+
+/*
  * TaskStoreTaskVisible returns whether the current user may see a task
  * submitted by task_userid: superusers see every task, other roles the tasks
  * of roles whose privileges they have.

@@ -279,6 +279,7 @@ typedef struct TaskSubmission
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
 extern int64 TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub);
 extern void TaskStoreEndInsert(TaskInsertState *state);
+extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
 extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
 extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid);

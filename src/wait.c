@@ -42,7 +42,6 @@ PG_FUNCTION_INFO_V1(task_fdw_wait_many);
 PG_FUNCTION_INFO_V1(task_fdw_wait_batch);
 
 static TimestampTz wait_deadline(FunctionCallInfo fcinfo, int argno);
-static bool is_final_state(const char *state);
 static void wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline);
 static bool wait_sleep(TimestampTz deadline);
 static void check_not_mine(int64 id, bool mine, const char *state);
@@ -79,17 +78,6 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * is_final_state returns whether a task in state will not change any more.
- */
-static bool
-is_final_state(const char *state)
-{
-	return strcmp(state, TFDW_STATE_DONE) == 0 ||
-		strcmp(state, TFDW_STATE_FAILED) == 0 ||
-		strcmp(state, TFDW_STATE_CANCELLED) == 0;
-}
-
-/*
  * wait_for_tasks fills states with the state of each of the n tasks ids,
  * once all are final or deadline (0: none) has passed.
  */
@@ -110,7 +98,7 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 		{
 			if (states[i] != NULL)
 			{
-				if (is_final_state(states[i]))
+				if (TaskStateIsFinal(states[i]))
 					continue;
 				pfree(states[i]);
 			}
@@ -120,7 +108,7 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 						(errcode(ERRCODE_UNDEFINED_OBJECT),
 						 errmsg("task " INT64_FORMAT " does not exist", ids[i])));
 			check_not_mine(ids[i], mine, states[i]);
-			if (!is_final_state(states[i]))
+			if (!TaskStateIsFinal(states[i]))
 				all_final = false;
 		}
 		if (all_final || !wait_sleep(deadline))
@@ -159,7 +147,7 @@ wait_sleep(TimestampTz deadline)
 static void
 check_not_mine(int64 id, bool mine, const char *state)
 {
-	if (mine && !is_final_state(state))
+	if (mine && !TaskStateIsFinal(state))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot wait for task " INT64_FORMAT ": the current transaction submitted or changed it",
@@ -272,7 +260,7 @@ read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
 		check_not_mine(*id,
 					   TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)),
 					   state);
-		if (!is_final_state(state))
+		if (!TaskStateIsFinal(state))
 			all_final = false;
 		*ids = lappend(*ids, id);
 		*states = lappend(*states, state);

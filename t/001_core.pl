@@ -6,20 +6,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TaskFdwNode;
 
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'task_fdw'
-max_worker_processes = 16
-});
-$node->start;
-
+my $node = TaskFdwNode::new_node('main');
+TaskFdwNode::setup_loopback($node, 4);
 $node->safe_psql('postgres', q{
-CREATE EXTENSION task_fdw;
-CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
-CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
-IMPORT FOREIGN SCHEMA task_fdw FROM SERVER loopback INTO public;
 CREATE TABLE side (note text);
 });
 
