@@ -61,15 +61,31 @@ CREATE INDEX task_finished_idx ON task_fdw.task (finished_at)
 
 REVOKE ALL ON TABLE task_fdw.task FROM PUBLIC;
 
+-- Members of task_fdw_monitor see every task through the foreign tables, but
+-- not the results, notices or error details of other roles' tasks.  Roles
+-- belong to the cluster, so another database may have created it already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                    WHERE rolname OPERATOR(pg_catalog.=) 'task_fdw_monitor') THEN
+        CREATE ROLE task_fdw_monitor NOLOGIN;
+    END IF;
+END
+$$;
+
+-- Every function pins its search_path, so that objects a user creates in
+-- other schemas cannot stand in for the ones these functions use.
 CREATE FUNCTION task_fdw.task_fdw_handler()
 RETURNS fdw_handler
 AS 'MODULE_PATHNAME', 'task_fdw_handler'
-LANGUAGE C STRICT;
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION task_fdw.task_fdw_validator(text[], oid)
 RETURNS void
 AS 'MODULE_PATHNAME', 'task_fdw_validator'
-LANGUAGE C STRICT;
+LANGUAGE C STRICT
+SET search_path = pg_catalog, pg_temp;
 
 CREATE FOREIGN DATA WRAPPER task_fdw
     HANDLER task_fdw.task_fdw_handler
@@ -116,9 +132,13 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION task_fdw.check_table(regclass) IS
     'raises an error if a foreign table of task_fdw has a column that is not a task attribute';
 
+-- SECURITY DEFINER so that check_table, an internal helper, need not be
+-- granted to PUBLIC: it runs for everyone's DDL, only reads the catalogs,
+-- and can do nothing but raise an error about a badly declared table.
 CREATE FUNCTION task_fdw.check_tables_trigger()
 RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -140,5 +160,6 @@ CREATE EVENT TRIGGER task_fdw_check_tables ON ddl_command_end
     WHEN TAG IN ('CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA')
     EXECUTE FUNCTION task_fdw.check_tables_trigger();
 
+REVOKE ALL ON FUNCTION task_fdw.check_table(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION task_fdw.check_tables_trigger() FROM PUBLIC;
 GRANT USAGE ON SCHEMA task_fdw TO PUBLIC;

@@ -124,6 +124,7 @@ typedef struct Pool
 	dlist_head	held;			/* claimed tasks waiting for a connection */
 	int			nheld;
 	bool		has_queued;		/* the queue may hold tasks for this pool */
+	bool		require_password;	/* connections must have used the password */
 	bool		invalidated;	/* server or mapping changed: reconnect */
 } Pool;
 
@@ -142,7 +143,8 @@ extern int	PoolCapacity(Pool *pool);
 extern void PoolAssignHeld(Pool *pool, dlist_head *starting);
 extern void PoolConnect(Pool *pool);
 extern void PoolCloseConn(Conn *conn);
-extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message);
+extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
+						 const char *detail, const char *hint);
 extern void PoolRetireIdle(void);
 extern void PoolCloseAll(void);
 extern void PoolStartCancel(Pool *pool, int remote_pid);
@@ -151,6 +153,8 @@ extern void PoolStartCancel(Pool *pool, int remote_pid);
 extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnSendTask(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);
+extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,
+							   const char *detail, const char *hint);
 extern void TaskFailFromConn(Task *task, PGconn *conn, const char *sqlstate);
 extern const char *TaskResolveOutcome(Task *task);
 

@@ -227,8 +227,9 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 
 /*
  * begin_insert prepares to submit tasks through rinfo's foreign table: it
- * resolves the submitter, checks their user mapping (so that a missing one
- * fails the INSERT rather than the task) and reads the attribute defaults.
+ * resolves the submitter, checks their user mapping (so that a missing one,
+ * or one without the password a non-superuser needs, fails the INSERT rather
+ * than the task) and reads the attribute defaults.
  */
 static TaskModifyState *
 begin_insert(ResultRelInfo *rinfo, EState *estate)
@@ -236,6 +237,7 @@ begin_insert(ResultRelInfo *rinfo, EState *estate)
 	Relation	rel = rinfo->ri_RelationDesc;
 	TaskModifyState *state = palloc0(sizeof(TaskModifyState));
 	ForeignTable *table = GetForeignTable(RelationGetRelid(rel));
+	ForeignServer *server;
 
 	TaskFdwCheckPreloaded();
 	state->map = TaskColumnMapBuild(rel);
@@ -243,8 +245,9 @@ begin_insert(ResultRelInfo *rinfo, EState *estate)
 	state->serverid = table->serverid;
 	state->userid = tfdw_result_rel_user(rinfo, estate);
 	state->submitted_by = GetUserNameFromId(state->userid, false);
-	(void) GetUserMapping(state->userid, state->serverid);
-	TaskFdwGetTaskDefaults(table, GetForeignServer(state->serverid), &state->defaults);
+	server = GetForeignServer(state->serverid);
+	TaskFdwCheckPassword(server, GetUserMapping(state->userid, state->serverid));
+	TaskFdwGetTaskDefaults(table, server, &state->defaults);
 	if (state->defaults.retry_sqlstates != NIL)
 	{
 		Datum	   *elems = palloc(sizeof(Datum) * list_length(state->defaults.retry_sqlstates));

@@ -64,7 +64,19 @@ static const TaskFdwOption own_options[] = {
 	{"retry_delay", ForeignTableRelationId, false},
 	{"batch", ForeignServerRelationId, false},
 	{"batch", ForeignTableRelationId, false},
+	/* Only a superuser may let a role connect without using a password. */
+	{"password_required", UserMappingRelationId, false},
 	{NULL, InvalidOid, false}
+};
+
+/*
+ * libpq options that name files on the database server, or the secret of
+ * one: only superusers may set them, on servers or user mappings, as
+ * otherwise a role could make the server use its own files on its behalf.
+ */
+static const char *const superuser_only_options[] = {
+	"sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl", "sslcrldir",
+	"passfile", "service", NULL
 };
 
 /* libpq options that task_fdw sets itself for every connection. */
@@ -110,7 +122,7 @@ init_task_fdw_options(void)
 
 	for (lopt = libpq_options; lopt->keyword; lopt++)
 		n++;
-	n += lengthof(own_options);
+	n += lengthof(own_options) + 2;	/* sslcert and sslkey go twice */
 
 	TaskFdwOptions = MemoryContextAllocZero(TopMemoryContext,
 											sizeof(TaskFdwOption) * n);
@@ -141,6 +153,14 @@ init_task_fdw_options(void)
 			opt->optcontext = ForeignServerRelationId;
 		opt->is_libpq_opt = true;
 		opt++;
+		/* A client certificate may be per server or per user, as in postgres_fdw. */
+		if (strcmp(lopt->keyword, "sslcert") == 0 || strcmp(lopt->keyword, "sslkey") == 0)
+		{
+			opt->keyword = opt[-1].keyword;
+			opt->optcontext = UserMappingRelationId;
+			opt->is_libpq_opt = true;
+			opt++;
+		}
 	}
 	memcpy(opt, own_options, sizeof(own_options));
 	PQconninfoFree(libpq_options);
@@ -347,10 +367,27 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 	{
 		DefElem    *def = (DefElem *) lfirst(cell);
 
+		const char *const *su;
+
 		if (find_option(def->defname, catalog) == NULL)
 			report_invalid_option(def->defname, catalog);
 
-		if (strcmp(def->defname, "pool_size") == 0)
+		for (su = superuser_only_options; *su; su++)
+			if (strcmp(*su, def->defname) == 0 && !superuser())
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("only superusers may set option \"%s\"", def->defname),
+						 errdetail("The option names a file, or the secret of one, that the database server itself would read.")));
+
+		if (strcmp(def->defname, "password_required") == 0)
+		{
+			if (!defGetBoolean(def) && !superuser())
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("only superusers may set option \"password_required\" to false"),
+						 errhint("User mappings that let a role connect without a password may only be created or changed by a superuser.")));
+		}
+		else if (strcmp(def->defname, "pool_size") == 0)
 			(void) parse_int_option(def, 1, 10000);
 		else if (strcmp(def->defname, "port") == 0)
 			(void) parse_int_option(def, 1, 65535);
@@ -390,6 +427,73 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 }
 
 /*
+ * TaskFdwPasswordRequired returns whether tasks through user mapping user
+ * must authenticate with its password: when the role it is for is not a
+ * superuser (now), unless a superuser set password_required 'false' on it.
+ */
+bool
+TaskFdwPasswordRequired(UserMapping *user)
+{
+	ListCell   *lc;
+
+	if (superuser_arg(user->userid))
+		return false;
+	foreach(lc, user->options)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+
+		if (strcmp(def->defname, "password_required") == 0)
+			return defGetBoolean(def);
+	}
+	return true;
+}
+
+/*
+ * TaskFdwPasswordProblem returns NULL when user mapping user, for server,
+ * has the password it needs; otherwise the error message, with its detail
+ * and hint in *detail and *hint.
+ */
+const char *
+TaskFdwPasswordProblem(ForeignServer *server, UserMapping *user,
+					   const char **detail, const char **hint)
+{
+	ListCell   *lc;
+
+	if (!TaskFdwPasswordRequired(user))
+		return NULL;
+	foreach(lc, user->options)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+
+		if (strcmp(def->defname, "password") == 0 && defGetString(def)[0] != '\0')
+			return NULL;
+	}
+	*detail = "Tasks of roles that are not superusers must authenticate with the password of their user mapping.";
+	*hint = "Add the option password to the user mapping, or have a superuser set password_required 'false' on it.";
+	return psprintf("user mapping for role \"%s\" on server \"%s\" has no password",
+					MappingUserName(user->userid), server->servername);
+}
+
+/*
+ * TaskFdwCheckPassword raises an error when user mapping user, for server,
+ * must provide a password and has none.
+ */
+void
+TaskFdwCheckPassword(ForeignServer *server, UserMapping *user)
+{
+	const char *detail;
+	const char *hint;
+	const char *problem = TaskFdwPasswordProblem(server, user, &detail, &hint);
+
+	if (problem)
+		ereport(ERROR,
+				(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+				 errmsg_internal("%s", problem),
+				 errdetail_internal("%s", detail),
+				 errhint("%s", hint)));
+}
+
+/*
  * local_socket_host returns the host to reach this cluster: its first Unix
  * socket directory, or localhost when it has none.
  */
@@ -426,12 +530,13 @@ TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 	bool		has_host = false;
 	bool		has_port = false;
 	bool		has_dbname = false;
+	bool		has_user = false;
 	int			n = 0;
 	ListCell   *lc;
 	char	   *port;
 
-	kw = palloc0(sizeof(char *) * (list_length(all) + 6));
-	val = palloc0(sizeof(char *) * (list_length(all) + 6));
+	kw = palloc0(sizeof(char *) * (list_length(all) + 7));
+	val = palloc0(sizeof(char *) * (list_length(all) + 7));
 
 	foreach(lc, all)
 	{
@@ -449,6 +554,8 @@ TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 			has_port = true;
 		else if (strcmp(def->defname, "dbname") == 0)
 			has_dbname = true;
+		else if (strcmp(def->defname, "user") == 0)
+			has_user = true;
 		kw[n] = def->defname;
 		val[n] = defGetString(def);
 		n++;
@@ -472,6 +579,13 @@ TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 			val[n] = get_database_name(MyDatabaseId);
 			n++;
 		}
+	}
+	/* The remote user defaults to the submitting role's name. */
+	if (!has_user && OidIsValid(user->userid))
+	{
+		kw[n] = "user";
+		val[n] = GetUserNameFromId(user->userid, false);
+		n++;
 	}
 	kw[n] = "application_name";
 	val[n] = appname;

@@ -55,11 +55,13 @@ PoolInit(void)
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	CacheRegisterSyscacheCallback(FOREIGNSERVEROID, pool_inval_callback, (Datum) 0);
 	CacheRegisterSyscacheCallback(USERMAPPINGOID, pool_inval_callback, (Datum) 0);
+	/* A role that stops being a superuser must start using its password. */
+	CacheRegisterSyscacheCallback(AUTHOID, pool_inval_callback, (Datum) 0);
 }
 
 /*
  * pool_inval_callback marks every pool's connections as out of date when a
- * server or user mapping changes.  Changes are rare, so there is no point in
+ * server, user mapping or role changes.  Changes are rare, so there is no point in
  * telling which pools they touch; it only sets flags.
  */
 static void
@@ -202,7 +204,11 @@ void
 PoolConnect(Pool *pool)
 {
 	ForeignServer *server;
+	UserMapping *user;
 	TaskServerOptions opts;
+	const char *problem;
+	const char *detail;
+	const char *hint;
 
 	if (pool->nheld == 0)
 		return;
@@ -210,16 +216,25 @@ PoolConnect(Pool *pool)
 	server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
 	if (server == NULL)
 	{
-		PoolFailHeld(pool, "08001", "the foreign server of the task was dropped");
+		PoolFailHeld(pool, "08001", "the foreign server of the task was dropped", NULL, NULL);
 		return;
 	}
 	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
 	{
 		PoolFailHeld(pool, "28000",
 					 psprintf("user mapping for the submitting role on server \"%s\" was dropped",
-							  server->servername));
+							  server->servername), NULL, NULL);
 		return;
 	}
+	/* Checked again now: the mapping or the role may have changed since. */
+	user = GetUserMapping(pool->key.userid, pool->key.serverid);
+	problem = TaskFdwPasswordProblem(server, user, &detail, &hint);
+	if (problem != NULL)
+	{
+		PoolFailHeld(pool, "2F003", problem, detail, hint);
+		return;
+	}
+	pool->require_password = TaskFdwPasswordRequired(user);
 	TaskFdwGetServerOptions(server, &opts);
 	pool->pool_size = opts.pool_size;
 	pool->connect_timeout = opts.connect_timeout;
@@ -346,18 +361,19 @@ PoolCloseConn(Conn *conn)
 }
 
 /*
- * PoolFailHeld ends every task pool holds as failed, with sqlstate and
- * message.
+ * PoolFailHeld ends every task pool holds as failed, with sqlstate, message,
+ * and detail and hint (which may be NULL).
  */
 void
-PoolFailHeld(Pool *pool, const char *sqlstate, const char *message)
+PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
+			 const char *detail, const char *hint)
 {
 	while (pool->nheld > 0)
 	{
 		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
 
 		pool->nheld--;
-		TaskFail(task, sqlstate, message);
+		TaskFailWithDetail(task, sqlstate, message, detail, hint);
 		DispatcherTaskFinished(task);
 	}
 }

@@ -5,7 +5,9 @@
  *		  of the task store.
  *
  * A foreign table shows the tasks of its server that the current user may
- * see.  A condition "id = value" or "state = value" (a constant or a
+ * see: their own (and those of roles whose privileges they have), or all of
+ * them for superusers; members of task_fdw_monitor see the other roles'
+ * tasks too, without results, notices or error details.  A condition "id = value" or "state = value" (a constant or a
  * parameter) is pushed down to an index scan of the task store's primary
  * key or state index; every condition is still checked on the rows.
  *
@@ -69,6 +71,7 @@ typedef struct TaskScanState
 	SysScanDesc scan;			/* NULL before the start, or if nothing matches */
 	bool		started;
 	MemoryContext rowcxt;		/* reset for every row */
+	bool		monitor;		/* the user has task_fdw_monitor's privileges */
 	Datum	   *values;			/* one task store row */
 	bool	   *nulls;
 	ItemPointerData tid;		/* where that row is */
@@ -211,6 +214,7 @@ taskBeginForeignScan(ForeignScanState *node, int eflags)
 	state->map = TaskColumnMapBuild(rel);
 	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
 	state->kind = intVal(linitial(plan->fdw_private));
+	state->monitor = TaskStoreIsMonitor();
 	if (state->kind != TASK_SCAN_ALL)
 		state->key_state = ExecInitExpr(linitial(plan->fdw_exprs), (PlanState *) node);
 	state->rowcxt = AllocSetContextCreate(node->ss.ps.state->es_query_cxt,
@@ -312,6 +316,11 @@ taskIterateForeignScan(ForeignScanState *node)
 static bool
 next_visible_row(TaskScanState *state)
 {
+	/* What task_fdw_monitor does not see of other roles' tasks. */
+	static const AttrNumber results[] = {
+		Anum_task_result, Anum_task_result_truncated, Anum_task_notices,
+		Anum_task_error_detail, Anum_task_error_hint, Anum_task_error_context
+	};
 	TupleDesc	store_desc = RelationGetDescr(state->store);
 	HeapTuple	tup;
 
@@ -319,19 +328,25 @@ next_visible_row(TaskScanState *state)
 	while ((tup = systable_getnext(state->scan)) != NULL)
 	{
 		MemoryContext old;
+		bool		isnull;
+		bool		full;
+		int			i;
 
 		if (DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, store_desc,
-										  &state->nulls[0])) != state->serverid)
+										  &isnull)) != state->serverid)
 			continue;
-		if (!TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tup, Anum_task_userid,
-																store_desc,
-																&state->nulls[0]))))
+		full = TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tup, Anum_task_userid,
+																  store_desc, &isnull)));
+		if (!full && !state->monitor)
 			continue;
 
 		old = MemoryContextSwitchTo(state->rowcxt);
 		state->tid = tup->t_self;
 		heap_deform_tuple(heap_copytuple(tup), store_desc, state->values, state->nulls);
 		MemoryContextSwitchTo(old);
+		if (!full)
+			for (i = 0; i < lengthof(results); i++)
+				state->nulls[results[i] - 1] = true;
 		return true;
 	}
 	return false;

@@ -35,6 +35,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -136,9 +137,9 @@ TaskStateIsFinal(const char *state)
 }
 
 /*
- * TaskStoreTaskVisible returns whether the current user may see a task
- * submitted by task_userid: superusers see every task, other roles the tasks
- * of roles whose privileges they have.
+ * TaskStoreTaskVisible returns whether the current user may see, cancel,
+ * delete and wait for a task submitted by task_userid: superusers may for
+ * every task, other roles for the tasks of roles whose privileges they have.
  */
 bool
 TaskStoreTaskVisible(Oid task_userid)
@@ -146,6 +147,18 @@ TaskStoreTaskVisible(Oid task_userid)
 	Oid			me = GetUserId();
 
 	return task_userid == me || superuser() || has_privs_of_role(me, task_userid);
+}
+
+/*
+ * TaskStoreIsMonitor returns whether the current user has the privileges of
+ * role task_fdw_monitor, which sees every task but not its results.
+ */
+bool
+TaskStoreIsMonitor(void)
+{
+	Oid			monitor = get_role_oid(TFDW_MONITOR_ROLE, true);
+
+	return OidIsValid(monitor) && has_privs_of_role(GetUserId(), monitor);
 }
 
 /*
@@ -204,11 +217,13 @@ typedef struct StoreSpi
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
 } StoreSpi;
 
 /*
  * store_spi_begin connects to SPI as the owner of the task store, in a
- * restricted security context, and prepares the statements on first use.
+ * restricted security context with a safe search_path, and prepares the
+ * statements on first use.
  */
 static void
 store_spi_begin(StoreSpi *spi, Relation store)
@@ -217,6 +232,10 @@ store_spi_begin(StoreSpi *spi, Relation store)
 	SetUserIdAndSecContext(store->rd_rel->relowner,
 						   spi->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+	/* Nothing the user put on their search_path may stand in for ours. */
+	spi->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (lock_plan == NULL)
@@ -242,12 +261,14 @@ store_spi_begin(StoreSpi *spi, Relation store)
 }
 
 /*
- * store_spi_end disconnects from SPI and restores the caller's identity.
+ * store_spi_end disconnects from SPI and restores the caller's identity and
+ * search_path.
  */
 static void
 store_spi_end(StoreSpi *spi)
 {
 	SPI_finish();
+	AtEOXact_GUC(true, spi->save_nestlevel);
 	SetUserIdAndSecContext(spi->save_userid, spi->save_sec_context);
 }
 

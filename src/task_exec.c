@@ -40,6 +40,7 @@
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
 static void conn_lost(Conn *conn);
+static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
@@ -107,6 +108,11 @@ conn_poll_connect(Conn *conn)
 			conn->wait_events = WL_SOCKET_WRITEABLE;
 			break;
 		case PGRES_POLLING_OK:
+			if (conn->pool->require_password && !PQconnectionUsedPassword(conn->conn))
+			{
+				conn_refuse_unauthenticated(conn);
+				return;
+			}
 			PQsetNoticeReceiver(conn->conn, receive_notice, conn);
 			if (conn->cancel_pid != 0)
 			{
@@ -171,6 +177,32 @@ conn_lost(Conn *conn)
 						 conn->state == CONN_CONNECTING ? "08001" : "08006");
 		task->conn = NULL;
 		conn->task = NULL;
+		DispatcherTaskFinished(task);
+	}
+	conn->state = CONN_CLOSED;
+	PoolCloseConn(conn);
+}
+
+/*
+ * conn_refuse_unauthenticated closes conn, which the server accepted without
+ * the user mapping's password although the submitter must use it, and fails
+ * the task it was opened for.  Otherwise a role could act as another one
+ * through trust or peer authentication, or a password file of the server.
+ */
+static void
+conn_refuse_unauthenticated(Conn *conn)
+{
+	Pool	   *pool = conn->pool;
+
+	if (conn->cancel_pid == 0 && pool->nheld > 0)
+	{
+		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+
+		pool->nheld--;
+		TaskFailWithDetail(task, "2F003",
+						   "the server accepted the connection of the task without the password of its user mapping",
+						   "Tasks of roles that are not superusers must authenticate with the password of their user mapping; the server used trust or peer authentication, or a password file of its own.",
+						   "Require password authentication (scram-sha-256) for this user in the server's pg_hba.conf, or have a superuser set password_required 'false' on the user mapping.");
 		DispatcherTaskFinished(task);
 	}
 	conn->state = CONN_CLOSED;
@@ -532,6 +564,21 @@ TaskFail(Task *task, const char *sqlstate, const char *message)
 	task->has_result = false;
 	task->has_rows = false;
 	task->command_tag = NULL;
+}
+
+/*
+ * TaskFailWithDetail ends task as failed with sqlstate, message, detail and
+ * hint (either may be NULL), unless it already failed.
+ */
+void
+TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,
+				   const char *detail, const char *hint)
+{
+	if (task->final_state != NULL && strcmp(task->final_state, TFDW_STATE_FAILED) == 0)
+		return;
+	TaskFail(task, sqlstate, message);
+	task->error_detail = task_strdup(task, detail);
+	task->error_hint = task_strdup(task, hint);
 }
 
 /*

@@ -69,6 +69,9 @@
 #define Anum_task_cancel_requested_at 29
 #define Natts_task					29
 
+/* The role whose members see all tasks, without their results. */
+#define TFDW_MONITOR_ROLE		"task_fdw_monitor"
+
 /* The channel of completion notifications. */
 #define TFDW_NOTIFY_CHANNEL		"task_fdw"
 
@@ -221,6 +224,10 @@ extern void TaskFdwGetTaskDefaults(ForeignTable *table, ForeignServer *server,
 								   TaskDefaults *defaults);
 extern int64 TaskFdwIntervalUsecs(const Interval *interval);
 #define TFDW_MAX_INTERVAL_USECS	(INT64CONST(1) << 60)
+extern bool TaskFdwPasswordRequired(UserMapping *user);
+extern const char *TaskFdwPasswordProblem(ForeignServer *server, UserMapping *user,
+										  const char **detail, const char **hint);
+extern void TaskFdwCheckPassword(ForeignServer *server, UserMapping *user);
 extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 								   const char *appname,
 								   const char ***keywords, const char ***values);
@@ -281,6 +288,7 @@ extern int64 TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub);
 extern void TaskStoreEndInsert(TaskInsertState *state);
 extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
+extern bool TaskStoreIsMonitor(void);
 extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
 extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
