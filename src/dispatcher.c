@@ -647,8 +647,9 @@ update_wait_set(void)
 }
 
 /*
- * next_timeout returns how long the loop may wait, in milliseconds: until
- * the next recheck, connect deadline or idle exit.
+ * next_timeout returns how long the loop may wait, in milliseconds: not at
+ * all if there is bookkeeping to do, otherwise until the next recheck,
+ * scheduled task, timeout, cancel, connect deadline, purge or idle exit.
  */
 static long
 next_timeout(TimestampTz now)
@@ -656,6 +657,10 @@ next_timeout(TimestampTz now)
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
 	TimestampTz wake = next_recheck;
+
+	/* Bookkeeping itself may have failed tasks, or asked for another look. */
+	if (!dlist_is_empty(&finished) || discover || check_cancels)
+		return 0;
 
 #define WAKE_BY(t) do { if ((t) != 0 && (t) < wake) wake = (t); } while (0)
 	if (TaskFdwIdleTimeout > 0)
