@@ -104,6 +104,7 @@ want_all_databases(void)
 	HeapTuple	tup;
 	List	   *dbs = NIL;
 	ListCell   *lc;
+	MemoryContext cxt = CurrentMemoryContext;
 
 	StartTransactionCommand();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
@@ -112,8 +113,14 @@ want_all_databases(void)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
+		/* The list outlives the transaction. */
 		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
 			dbs = lappend_oid(dbs, db->oid);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
