@@ -36,7 +36,8 @@ CREATE TABLE task_fdw.task (
     notices         text[],
     retry_sqlstates text[],
     retry_delay     interval,
-    cancel_requested_at timestamptz
+    cancel_requested_at timestamptz,
+    retry_interrupted boolean NOT NULL DEFAULT false
 );
 
 -- SELECT ... WHERE state = ... on a foreign table, and dispatcher recovery.

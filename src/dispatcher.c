@@ -300,8 +300,11 @@ bookkeeping_needed(TimestampTz now)
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
-		if ((pool->has_queued && PoolCapacity(pool) > 0) ||
-			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)))
+		TimestampTz attention = PoolNextAttention(pool);
+
+		if ((pool->has_queued && PoolCapacity(pool) > 0 && pool->down_since == 0) ||
+			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)) ||
+			(attention != 0 && now >= attention))
 		{
 			hash_seq_term(&status);
 			return true;
@@ -551,7 +554,8 @@ purge_expired(TimestampTz now)
 
 /*
  * expire_connects gives up on connections that are still connecting after
- * their server's connect_timeout; libpq ignores it under PQconnectPoll.
+ * their server's connect_timeout (libpq ignores it under PQconnectPoll): the
+ * server counts as unreachable for now.
  */
 static void
 expire_connects(TimestampTz now)
@@ -581,17 +585,9 @@ expire_connects(TimestampTz now)
 			}
 			if (conn->state != CONN_CONNECTING)
 				continue;
-			if (pool->nheld > 0)
-			{
-				Task	   *task = dlist_container(Task, node,
-												   dlist_pop_head_node(&pool->held));
-
-				pool->nheld--;
-				TaskFail(task, "08001",
-						 psprintf("could not connect to the server: timeout expired after %d seconds",
-								  pool->connect_timeout));
-				DispatcherTaskFinished(task);
-			}
+			PoolUnreachable(pool,
+							psprintf("could not connect to the server: timeout expired after %d seconds",
+									 pool->connect_timeout));
 			PoolCloseConn(conn);
 		}
 	}
@@ -675,6 +671,7 @@ next_timeout(TimestampTz now)
 	{
 		dlist_iter	iter;
 
+		WAKE_BY(PoolNextAttention(pool));
 		dlist_foreach(iter, &pool->conns)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);

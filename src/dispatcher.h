@@ -37,6 +37,7 @@ typedef struct Task
 {
 	int64		id;
 	char	   *sql;
+	TimestampTz submitted_at;
 	MemoryContext cxt;
 	struct Pool *pool;
 	struct Conn *conn;			/* connection running it, or NULL */
@@ -48,6 +49,7 @@ typedef struct Task
 	int			attempts;		/* including this one */
 	List	   *retry_sqlstates;	/* of char *, besides classes 08 and 40 */
 	int64		retry_delay;	/* microseconds before the first retry */
+	bool		retry_interrupted;	/* on_interrupt 'retry' */
 	TimestampTz deadline;		/* when it times out, or 0 */
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
@@ -118,6 +120,11 @@ typedef struct Pool
 	PoolKey		key;
 	int			pool_size;
 	int			connect_timeout;	/* seconds, 0 = none */
+	int64		connect_retry_timeout;	/* microseconds */
+	TimestampTz down_since;		/* unreachable since then, or 0 */
+	TimestampTz next_connect_at;	/* while unreachable: next attempt */
+	int			connect_failures;	/* in a row */
+	char		last_error[256];	/* why the last attempt failed */
 	dlist_head	conns;			/* its connections, and cancellers */
 	int			nconns;			/* connections, not counting cancellers */
 	int			ncancellers;
@@ -148,6 +155,9 @@ extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
 extern void PoolRetireIdle(void);
 extern void PoolCloseAll(void);
 extern void PoolStartCancel(Pool *pool, int remote_pid);
+extern void PoolUnreachable(Pool *pool, const char *message);
+extern void PoolReachable(Pool *pool);
+extern TimestampTz PoolNextAttention(Pool *pool);
 
 /* in task_exec.c */
 extern void ConnAdvance(Conn *conn, uint32 events);
@@ -157,6 +167,7 @@ extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *mes
 							   const char *detail, const char *hint);
 extern void TaskFailFromConn(Task *task, PGconn *conn, const char *sqlstate);
 extern const char *TaskResolveOutcome(Task *task);
+extern char *ConnErrorMessage(PGconn *pgconn, char *sqlstate);
 
 /* in queue.c */
 extern void QueueBegin(void);

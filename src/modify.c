@@ -356,6 +356,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	sub.batch = defaults->batch ? CStringGetTextDatum(defaults->batch) : (Datum) 0;
 	sub.retry_sqlstates = state->retry_sqlstates;
 	sub.retry_delay = defaults->retry_delay;
+	sub.retry_interrupted = defaults->retry_interrupted;
 
 	slot_getallattrs(slot);
 	for (i = 0; i < state->map->natts; i++)

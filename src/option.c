@@ -51,6 +51,7 @@ typedef struct TaskFdwOption
 /* task_fdw's own options; the libpq ones are appended at first use. */
 static const TaskFdwOption own_options[] = {
 	{"pool_size", ForeignServerRelationId, false},
+	{"connect_retry_timeout", ForeignServerRelationId, false},
 	/* Defaults of task attributes: a foreign table's beat its server's. */
 	{"priority", ForeignServerRelationId, false},
 	{"priority", ForeignTableRelationId, false},
@@ -64,6 +65,8 @@ static const TaskFdwOption own_options[] = {
 	{"retry_delay", ForeignTableRelationId, false},
 	{"batch", ForeignServerRelationId, false},
 	{"batch", ForeignTableRelationId, false},
+	{"on_interrupt", ForeignServerRelationId, false},
+	{"on_interrupt", ForeignTableRelationId, false},
 	/* Only a superuser may let a role connect without using a password. */
 	{"password_required", UserMappingRelationId, false},
 	{NULL, InvalidOid, false}
@@ -330,6 +333,17 @@ apply_task_option(DefElem *def, TaskDefaults *defaults)
 		(void) parse_interval_option(def, true, &defaults->retry_delay);
 	else if (strcmp(def->defname, "batch") == 0)
 		defaults->batch = defGetString(def);
+	else if (strcmp(def->defname, "on_interrupt") == 0)
+	{
+		char	   *value = defGetString(def);
+
+		if (strcmp(value, "fail") != 0 && strcmp(value, "retry") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
+					 errmsg("invalid value for option \"%s\": \"%s\"", def->defname, value),
+					 errhint("Valid values are \"fail\" and \"retry\".")));
+		defaults->retry_interrupted = strcmp(value, "retry") == 0;
+	}
 }
 
 /*
@@ -393,6 +407,12 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 			(void) parse_int_option(def, 1, 65535);
 		else if (strcmp(def->defname, "connect_timeout") == 0)
 			(void) parse_int_option(def, 0, INT_MAX);
+		else if (strcmp(def->defname, "connect_retry_timeout") == 0)
+		{
+			Interval   *unused;
+
+			(void) parse_interval_option(def, true, &unused);
+		}
 		else
 		{
 			TaskDefaults scratch;
@@ -415,6 +435,7 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 
 	opts->pool_size = 4;
 	opts->connect_timeout = 0;
+	opts->connect_retry_timeout = 5 * 60 * USECS_PER_SEC;
 	foreach(lc, server->options)
 	{
 		DefElem    *def = (DefElem *) lfirst(lc);
@@ -423,6 +444,12 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 			opts->pool_size = parse_int_option(def, 1, 10000);
 		else if (strcmp(def->defname, "connect_timeout") == 0)
 			opts->connect_timeout = parse_int_option(def, 0, INT_MAX);
+		else if (strcmp(def->defname, "connect_retry_timeout") == 0)
+		{
+			Interval   *unused;
+
+			opts->connect_retry_timeout = parse_interval_option(def, true, &unused);
+		}
 	}
 }
 

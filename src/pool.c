@@ -37,6 +37,7 @@ static HTAB *pools = NULL;
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static int	pool_count_state(Pool *pool, ConnState state);
+static void pool_expire_held(Pool *pool, TimestampTz now);
 static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
 							int cancel_pid);
 
@@ -102,6 +103,11 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 	{
 		pool->pool_size = 1;
 		pool->connect_timeout = 0;
+		pool->connect_retry_timeout = 0;
+		pool->down_since = 0;
+		pool->next_connect_at = 0;
+		pool->connect_failures = 0;
+		pool->last_error[0] = '\0';
 		dlist_init(&pool->conns);
 		pool->nconns = 0;
 		pool->ncancellers = 0;
@@ -238,9 +244,22 @@ PoolConnect(Pool *pool)
 	TaskFdwGetServerOptions(server, &opts);
 	pool->pool_size = opts.pool_size;
 	pool->connect_timeout = opts.connect_timeout;
+	pool->connect_retry_timeout = opts.connect_retry_timeout;
+
+	if (pool->down_since != 0)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		pool_expire_held(pool, now);
+		/* One attempt at a time, after a pause, until the server answers. */
+		if (pool->nheld == 0 || now < pool->next_connect_at ||
+			pool_count_state(pool, CONN_CONNECTING) > 0)
+			return;
+	}
 
 	while (pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
-		   pool->nconns < pool->pool_size)
+		   pool->nconns < pool->pool_size &&
+		   (pool->down_since == 0 || pool_count_state(pool, CONN_CONNECTING) == 0))
 	{
 		Task	   *first = dlist_head_element(Task, node, &pool->held);
 		Conn	   *conn = pool_open_conn(pool, server, first->id, 0);
@@ -256,6 +275,95 @@ PoolConnect(Pool *pool)
 			PoolCloseConn(conn);
 		}
 	}
+}
+
+/*
+ * PoolUnreachable notes that a connection to pool's server could not be
+ * made for a reason that may pass (the server is down, starting, refusing
+ * connections or slow to answer), with libpq's message.  The pool's held
+ * tasks stay queued; it tries again after a pause that doubles up to ten
+ * seconds, and tasks fail only once they have waited the server's
+ * connect_retry_timeout.
+ */
+void
+PoolUnreachable(Pool *pool, const char *message)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			pause_ms = 250;
+	int			i;
+
+	if (pool->down_since == 0)
+		pool->down_since = now;
+	pool->connect_failures++;
+	for (i = 1; i < pool->connect_failures && pause_ms < 10000; i++)
+		pause_ms *= 2;
+	pool->next_connect_at = TimestampTzPlusMilliseconds(now, Min(pause_ms, 10000));
+	strlcpy(pool->last_error, message, sizeof(pool->last_error));
+	pool_expire_held(pool, now);
+}
+
+/*
+ * PoolReachable notes that a connection to pool's server succeeded.
+ */
+void
+PoolReachable(Pool *pool)
+{
+	pool->down_since = 0;
+	pool->next_connect_at = 0;
+	pool->connect_failures = 0;
+}
+
+/*
+ * pool_expire_held fails the held tasks of an unreachable pool that have
+ * waited longer than connect_retry_timeout for it: since the server became
+ * unreachable, or since they were submitted if that was later.
+ */
+static void
+pool_expire_held(Pool *pool, TimestampTz now)
+{
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &pool->held)
+	{
+		Task	   *task = dlist_container(Task, node, iter.cur);
+		TimestampTz since = Max(pool->down_since, task->submitted_at);
+
+		if (now - since < pool->connect_retry_timeout)
+			continue;
+		dlist_delete(&task->node);
+		pool->nheld--;
+		TaskFailWithDetail(task, "08001", pool->last_error,
+						   psprintf("The server could not be reached for %d s, the server's connect_retry_timeout.",
+									(int) (pool->connect_retry_timeout / USECS_PER_SEC)),
+						   NULL);
+		DispatcherTaskFinished(task);
+	}
+}
+
+/*
+ * PoolNextAttention returns when an unreachable pool with held tasks next
+ * needs the dispatcher (to try again, or to fail tasks that waited too
+ * long), or 0.
+ */
+TimestampTz
+PoolNextAttention(Pool *pool)
+{
+	TimestampTz next = pool->next_connect_at;
+	dlist_iter	iter;
+
+	if (pool->down_since == 0 || pool->nheld == 0)
+		return 0;
+	if (pool_count_state(pool, CONN_CONNECTING) > 0)
+		next = DT_NOEND;		/* an attempt is under way */
+	dlist_foreach(iter, &pool->held)
+	{
+		Task	   *task = dlist_container(Task, node, iter.cur);
+		TimestampTz expiry = Max(pool->down_since, task->submitted_at) +
+			pool->connect_retry_timeout;
+
+		next = Min(next, expiry);
+	}
+	return next;
 }
 
 /*
@@ -331,6 +439,8 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	else if (cancel_pid != 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
 	PQsetnonblocking(pgconn, 1);
+	/* With the SQLSTATE of a refused connection in its message. */
+	PQsetErrorVerbosity(pgconn, PQERRORS_VERBOSE);
 	dlist_push_tail(&pool->conns, &conn->node);
 	if (cancel_pid != 0)
 		pool->ncancellers++;

@@ -56,7 +56,8 @@
  * skipped, never waited for.
  */
 #define FETCH_SQL \
-	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay" \
+	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay," \
+	"       retry_interrupted, submitted_at" \
 	" FROM task_fdw.task" \
 	" WHERE state OPERATOR(pg_catalog.=) 'queued'" \
 	"   AND server_id OPERATOR(pg_catalog.=) $1" \
@@ -122,8 +123,14 @@
 	"    AND finished_at OPERATOR(pg_catalog.<) $1" \
 	"  ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED))"
 
+/*
+ * Tasks an earlier dispatcher left running were interrupted by a crash:
+ * failed, or queued again if their submitter said they may run twice.
+ */
 #define RECOVER_SQL \
-	"UPDATE task_fdw.task SET state = 'failed', finished_at = pg_catalog.now()," \
+	"UPDATE task_fdw.task SET" \
+	" state = CASE WHEN retry_interrupted THEN 'queued' ELSE 'failed' END," \
+	" finished_at = CASE WHEN retry_interrupted THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'" \
 	" WHERE state OPERATOR(pg_catalog.=) 'running'"
@@ -311,6 +318,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 		value = SPI_getbinval(tup, desc, 7, &isnull);
 		task->retry_delay = isnull ? USECS_PER_SEC :
 			TaskFdwIntervalUsecs(DatumGetIntervalP(value));
+		task->retry_interrupted = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+		task->submitted_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
 
 		dlist_push_tail(&pool->held, &task->node);
 		pool->nheld++;

@@ -106,6 +106,7 @@ TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
 		SET_COLUMN(Anum_task_retry_sqlstates, sub->retry_sqlstates);
 	if (sub->retry_delay)
 		SET_COLUMN(Anum_task_retry_delay, IntervalPGetDatum(sub->retry_delay));
+	SET_COLUMN(Anum_task_retry_interrupted, BoolGetDatum(sub->retry_interrupted));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 

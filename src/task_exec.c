@@ -114,6 +114,8 @@ conn_poll_connect(Conn *conn)
 				return;
 			}
 			PQsetNoticeReceiver(conn->conn, receive_notice, conn);
+			PQsetErrorVerbosity(conn->conn, PQERRORS_DEFAULT);
+			PoolReachable(conn->pool);
 			if (conn->cancel_pid != 0)
 			{
 				/* A canceller: ask for the cancel, then wait for the answer. */
@@ -165,11 +167,33 @@ conn_lost(Conn *conn)
 		PoolCloseConn(conn);
 		return;
 	}
-	if (task == NULL && conn->state == CONN_CONNECTING && pool->nheld > 0)
+	if (task == NULL && conn->state == CONN_CONNECTING)
 	{
-		/* The task this connection was opened for fails with it. */
-		task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
-		pool->nheld--;
+		/*
+		 * A failure that may pass keeps the tasks queued while the pool
+		 * tries again: no server answered (refused, timed out), or it
+		 * answered that it cannot take the connection now (starting up or
+		 * shutting down: 57P03; out of connection slots or resources: class
+		 * 53; a connection exception: class 08).  Any other answer (bad
+		 * credentials, unknown database or role) fails the task the
+		 * connection was opened for, with the server's SQLSTATE.
+		 */
+		char		sqlstate[6];
+		char	   *message = ConnErrorMessage(conn->conn, sqlstate);
+
+		if (sqlstate[0] == '\0' || strncmp(sqlstate, "08", 2) == 0 ||
+			strncmp(sqlstate, "53", 2) == 0 || strcmp(sqlstate, "57P03") == 0)
+		{
+			PoolUnreachable(pool, message[0] ? message : "could not connect to the server");
+			conn->state = CONN_CLOSED;
+			PoolCloseConn(conn);
+			return;
+		}
+		if (pool->nheld > 0)
+		{
+			task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+			pool->nheld--;
+		}
 	}
 	if (task != NULL)
 	{
@@ -582,16 +606,58 @@ TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,
 }
 
 /*
- * TaskFailFromConn ends task as failed with libpq's message for pgconn.
+ * ConnErrorMessage returns libpq's message for pgconn without the SQLSTATE
+ * and location that verbose errors add, and stores the SQLSTATE the server
+ * sent, if any, in sqlstate (six bytes; empty if none).  Connections are
+ * made with verbose errors so that the SQLSTATE of a refused connection is
+ * known.
+ */
+char *
+ConnErrorMessage(PGconn *pgconn, char *sqlstate)
+{
+	char	   *raw = pstrdup(PQerrorMessage(pgconn));
+	StringInfoData buf;
+	char	   *line;
+	char	   *save;
+
+	sqlstate[0] = '\0';
+	initStringInfo(&buf);
+	for (line = strtok_r(raw, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+	{
+		char	   *sep = strstr(line, ":  ");
+
+		if (strncmp(line, "LOCATION:", 9) == 0)
+			continue;
+		if (buf.len > 0)
+			appendStringInfoChar(&buf, '\n');
+		/* "FATAL:  28P01: message" -> "FATAL:  message" */
+		if (sep && strlen(sep) > 10 && sep[8] == ':' && sep[9] == ' ' &&
+			strspn(sep + 3, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5)
+		{
+			if (sqlstate[0] == '\0')
+				strlcpy(sqlstate, sep + 3, 6);
+			appendBinaryStringInfo(&buf, line, sep + 3 - line);
+			appendStringInfoString(&buf, sep + 10);
+		}
+		else
+			appendStringInfoString(&buf, line);
+	}
+	return buf.data;
+}
+
+/*
+ * TaskFailFromConn ends task as failed with libpq's message for pgconn, and
+ * the SQLSTATE the server sent, or else sqlstate.
  */
 void
 TaskFailFromConn(Task *task, PGconn *pgconn, const char *sqlstate)
 {
-	char	   *message = pchomp(PQerrorMessage(pgconn));
+	char		server_state[6];
+	char	   *message = ConnErrorMessage(pgconn, server_state);
 
 	if (message[0] == '\0')
 		message = "connection to the server was lost";
-	TaskFail(task, sqlstate, message);
+	TaskFail(task, server_state[0] ? server_state : sqlstate, message);
 }
 
 /*
@@ -729,6 +795,13 @@ TaskResolveOutcome(Task *task)
 	{
 		task->error_detail = psprintf("The remote server reported: %s", task->error);
 		task->error = psprintf("task timed out after %s", format_usecs(task->timeout));
+	}
+	else if (task->retry_interrupted && task->sqlstate &&
+			 strcmp(task->sqlstate, "57P01") == 0)
+	{
+		/* Interrupted by a shutdown, and allowed to run again. */
+		task->retry_at = GetCurrentTimestamp();
+		task->final_state = TFDW_STATE_QUEUED;
 	}
 	else if (task->cancel_reason == TASK_CANCEL_NONE &&
 			 task->attempts < task->max_attempts && is_retryable(task))

@@ -67,7 +67,8 @@
 #define Anum_task_retry_sqlstates	27
 #define Anum_task_retry_delay		28
 #define Anum_task_cancel_requested_at 29
-#define Natts_task					29
+#define Anum_task_retry_interrupted	30
+#define Natts_task					30
 
 /* The role whose members see all tasks, without their results. */
 #define TFDW_MONITOR_ROLE		"task_fdw_monitor"
@@ -206,6 +207,8 @@ typedef struct TaskServerOptions
 {
 	int			pool_size;
 	int			connect_timeout;	/* seconds, 0 = none */
+	int64		connect_retry_timeout;	/* microseconds tasks wait for an
+										 * unreachable server */
 } TaskServerOptions;
 extern void TaskFdwGetServerOptions(ForeignServer *server,
 									TaskServerOptions *opts);
@@ -219,6 +222,7 @@ typedef struct TaskDefaults
 	List	   *retry_sqlstates;	/* of char *, five-character codes */
 	Interval   *retry_delay;	/* NULL: the built-in one */
 	char	   *batch;			/* NULL: none */
+	bool		retry_interrupted;	/* on_interrupt 'retry' */
 } TaskDefaults;
 extern void TaskFdwGetTaskDefaults(ForeignTable *table, ForeignServer *server,
 								   TaskDefaults *defaults);
@@ -281,6 +285,7 @@ typedef struct TaskSubmission
 	Datum		batch;			/* text, or 0 for none */
 	Datum		retry_sqlstates;	/* text[], or 0 for none */
 	Interval   *retry_delay;	/* NULL: the built-in one */
+	bool		retry_interrupted;	/* queue again if interrupted */
 } TaskSubmission;
 
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);

@@ -83,8 +83,8 @@ INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id \gset
 SELECT task_fdw.wait(:id, '60s');
 SELECT sqlstate, error FROM tasks WHERE id = :id;
 });
-like($out, qr/^failed\n08001\|.*password authentication failed for user "bob"/s,
-	'a wrong password fails the task with class 08 and the authentication message');
+like($out, qr/^failed\n28P01\|.*password authentication failed for user "bob"/s,
+	'a wrong password fails the task with the SQLSTATE and message of the server');
 
 # --- After the mapping is fixed, the next task works.
 $node->safe_psql('postgres',
