@@ -68,6 +68,8 @@ static TimestampTz next_run_at = 0; /* next scheduled task, or 0 */
 static TimestampTz deferred_retry_at = 0;
 static TimestampTz next_purge = 0;
 static TimestampTz last_activity = 0;
+static TimestampTz store_retry_at = 0;	/* the store was locked by others */
+static char *my_dbname = NULL;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
@@ -84,6 +86,9 @@ static void find_cancelled(List *running);
 static void send_due_cancels(List *running, TimestampTz now);
 static void record_finished(void);
 static void purge_expired(TimestampTz now);
+static bool begin_transaction(TimestampTz now);
+static void cancel_running(void);
+static void dispatcher_store_gone(void);
 
 /*
  * DispatcherNewTask creates a task held by pool, in its own memory context.
@@ -181,12 +186,17 @@ TaskFdwDispatcherMain(Datum main_arg)
 										ALLOCSET_DEFAULT_SIZES);
 	PoolInit();
 
-	QueueBegin();
+	if (QueueBegin(false) == QUEUE_GONE)
+	{
+		TaskFdwSlotDetach(my_slot, true);
+		my_slot = NULL;
+		proc_exit(0);
+	}
 	QueuePrepare();
 	interrupted = QueueRecoverInterrupted();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	ereport(LOG,
-			(errmsg("task_fdw dispatcher started for database \"%s\"",
-					get_database_name(dboid))));
+			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
 	if (interrupted > 0)
 		ereport(LOG,
@@ -295,6 +305,8 @@ bookkeeping_needed(TimestampTz now)
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
 
+	if (now < store_retry_at)
+		return false;
 	if (discover || check_cancels || !dlist_is_empty(&finished) || cancels_due(now))
 		return true;
 	hash_seq_init(&status, PoolTable());
@@ -463,7 +475,8 @@ bookkeeping(TimestampTz now)
 	List	   *running;
 
 	dlist_init(&sendable);
-	QueueBegin();
+	if (!begin_transaction(now))
+		return;
 
 	record_finished();
 
@@ -539,9 +552,8 @@ purge_expired(TimestampTz now)
 	int			removed;
 	int64		pause_ms;
 
-	if (TaskFdwRetention <= 0 || now < next_purge)
+	if (TaskFdwRetention <= 0 || now < next_purge || !begin_transaction(now))
 		return;
-	QueueBegin();
 	removed = QueuePurge(now - (int64) TaskFdwRetention * USECS_PER_SEC, PURGE_BATCH);
 	QueueCommit();
 	pause_ms = Min((int64) TaskFdwRetention * 100, 60000);
@@ -655,8 +667,11 @@ next_timeout(TimestampTz now)
 	TimestampTz wake = next_recheck;
 
 	/* Bookkeeping itself may have failed tasks, or asked for another look. */
-	if (!dlist_is_empty(&finished) || discover || check_cancels)
+	if (now >= store_retry_at &&
+		(!dlist_is_empty(&finished) || discover || check_cancels))
 		return 0;
+	if (store_retry_at > now)
+		wake = Min(wake, store_retry_at);
 
 #define WAKE_BY(t) do { if ((t) != 0 && (t) < wake) wake = (t); } while (0)
 	if (TaskFdwIdleTimeout > 0)
@@ -713,12 +728,35 @@ dispatcher_idle(void)
 }
 
 /*
- * dispatcher_shutdown cancels running tasks, records them as interrupted,
- * and exits; the launcher starts a new dispatcher unless the server is
- * shutting down.
+ * begin_transaction starts a bookkeeping transaction and returns true, or
+ * returns false without one when the task store is locked by another
+ * transaction (tried again shortly), or exits if the extension was dropped.
+ */
+static bool
+begin_transaction(TimestampTz now)
+{
+	switch (QueueBegin(true))
+	{
+		case QUEUE_OK:
+			store_retry_at = 0;
+			return true;
+		case QUEUE_BUSY:
+			store_retry_at = TimestampTzPlusMilliseconds(now, DEFERRED_RETRY_MS);
+			return false;
+		case QUEUE_GONE:
+			dispatcher_store_gone();
+			break;
+	}
+	return false;				/* keep compiler quiet */
+}
+
+/*
+ * cancel_running asks the remote to cancel every running task and ends the
+ * tasks as interrupted.  PQcancel waits only for the request to be sent;
+ * this runs only when the dispatcher is about to exit.
  */
 static void
-dispatcher_shutdown(void)
+cancel_running(void)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
@@ -736,7 +774,6 @@ dispatcher_shutdown(void)
 
 			if (conn->state != CONN_RESETTING && conn->state != CONN_RUNNING)
 				continue;
-			/* PQcancel waits only for the cancel request to be sent. */
 			cancel = PQgetCancel(conn->conn);
 			if (cancel)
 			{
@@ -750,10 +787,36 @@ dispatcher_shutdown(void)
 			conn->task = NULL;
 		}
 	}
+}
 
-	if (!dlist_is_empty(&finished))
+/*
+ * dispatcher_store_gone stops the dispatcher of a database whose task_fdw
+ * extension was dropped: running statements are cancelled, and there is
+ * nothing left to record them in.
+ */
+static void
+dispatcher_store_gone(void)
+{
+	cancel_running();
+	ereport(LOG,
+			(errmsg("task_fdw dispatcher exiting: the extension was dropped from database \"%s\"",
+					my_dbname)));
+	TaskFdwSlotDetach(my_slot, true);
+	my_slot = NULL;
+	proc_exit(0);
+}
+
+/*
+ * dispatcher_shutdown cancels running tasks, records them as interrupted,
+ * and exits; the launcher starts a new dispatcher unless the server is
+ * shutting down.
+ */
+static void
+dispatcher_shutdown(void)
+{
+	cancel_running();
+	if (!dlist_is_empty(&finished) && begin_transaction(GetCurrentTimestamp()))
 	{
-		QueueBegin();
 		record_finished();
 		QueueCommit();
 		TaskFdwWakeWaiters();

@@ -161,6 +161,7 @@ extern TimestampTz PoolNextAttention(Pool *pool);
 
 /* in task_exec.c */
 extern void ConnAdvance(Conn *conn, uint32 events);
+extern void ConnLost(Conn *conn);
 extern void ConnSendTask(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);
 extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,
@@ -170,7 +171,15 @@ extern const char *TaskResolveOutcome(Task *task);
 extern char *ConnErrorMessage(PGconn *pgconn, char *sqlstate);
 
 /* in queue.c */
-extern void QueueBegin(void);
+/* What QueueBegin found. */
+typedef enum QueueStatus
+{
+	QUEUE_OK,					/* in a transaction, store locked */
+	QUEUE_BUSY,					/* the store is locked by others: try later */
+	QUEUE_GONE					/* the extension was dropped */
+} QueueStatus;
+
+extern QueueStatus QueueBegin(bool nowait);
 extern void QueueCommit(void);
 extern void QueuePrepare(void);
 extern int	QueueRecoverInterrupted(void);

@@ -247,33 +247,25 @@ PoolConnect(Pool *pool)
 	pool->connect_retry_timeout = opts.connect_retry_timeout;
 
 	if (pool->down_since != 0)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		pool_expire_held(pool, now);
-		/* One attempt at a time, after a pause, until the server answers. */
-		if (pool->nheld == 0 || now < pool->next_connect_at ||
-			pool_count_state(pool, CONN_CONNECTING) > 0)
-			return;
-	}
+		pool_expire_held(pool, GetCurrentTimestamp());
 
 	while (pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
-		   pool->nconns < pool->pool_size &&
-		   (pool->down_since == 0 || pool_count_state(pool, CONN_CONNECTING) == 0))
+		   pool->nconns < pool->pool_size)
 	{
 		Task	   *first = dlist_head_element(Task, node, &pool->held);
-		Conn	   *conn = pool_open_conn(pool, server, first->id, 0);
+		Conn	   *conn;
 
+		/* While unreachable: one attempt at a time, after a pause. */
+		if (pool->down_since != 0 &&
+			(GetCurrentTimestamp() < pool->next_connect_at ||
+			 pool_count_state(pool, CONN_CONNECTING) > 0))
+			break;
+		conn = pool_open_conn(pool, server, first->id, 0);
 		if (conn == NULL)
 			break;
-		if (conn->state == CONN_CLOSED)
-		{
-			dlist_delete(&first->node);
-			pool->nheld--;
-			TaskFailFromConn(first, conn->conn, "08001");
-			DispatcherTaskFinished(first);
-			PoolCloseConn(conn);
-		}
+		/* Failed at once (no such socket, say): judged like any failure. */
+		if (PQstatus(conn->conn) == CONNECTION_BAD)
+			ConnLost(conn);
 	}
 }
 
@@ -381,21 +373,16 @@ PoolStartCancel(Pool *pool, int remote_pid)
 	if (server == NULL || !user_mapping_exists(pool->key.userid, pool->key.serverid))
 		return;
 	conn = pool_open_conn(pool, server, 0, remote_pid);
-	if (conn != NULL && conn->state == CONN_CLOSED)
-	{
-		ereport(LOG,
-				(errmsg("task_fdw could not send a cancel request for remote backend %d: %s",
-						remote_pid, pchomp(PQerrorMessage(conn->conn)))));
-		PoolCloseConn(conn);
-	}
+	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)
+		ConnLost(conn);
 }
 
 /*
  * pool_open_conn starts a connection of pool to server without waiting for
  * it, named after task appname_task, or a canceller of remote backend
- * cancel_pid.  Returns NULL when out of file descriptors, and a connection
- * in state CONN_CLOSED, whose error the caller reports, when libpq could not
- * start it.
+ * cancel_pid.  Returns NULL when out of file descriptors; a connection that
+ * libpq could not even start is returned with status CONNECTION_BAD, for
+ * the caller to report.
  */
 static Conn *
 pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel_pid)
@@ -427,7 +414,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	conn = MemoryContextAllocZero(TopMemoryContext, sizeof(Conn));
 	conn->pool = pool;
 	conn->conn = pgconn;
-	conn->state = PQstatus(pgconn) == CONNECTION_BAD ? CONN_CLOSED : CONN_CONNECTING;
+	conn->state = CONN_CONNECTING;
 	conn->sock = PQsocket(pgconn);
 	conn->wait_events = WL_SOCKET_WRITEABLE;
 	conn->wait_pos = -1;

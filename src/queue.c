@@ -24,6 +24,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "storage/lmgr.h"
+#include "utils/lsyscache.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "pgstat.h"
@@ -153,18 +156,39 @@ static Datum text_array(List *strings);
 static MemoryContext caller_cxt = NULL;
 
 /*
- * QueueBegin starts a dispatcher transaction with SPI and a snapshot.
+ * QueueBegin starts a dispatcher transaction with SPI and a snapshot, and
+ * takes the task store's lock for writing.  With nowait, it does not wait
+ * for that lock: if another transaction holds a conflicting one (DDL on the
+ * store, DROP EXTENSION), it ends the transaction and returns QUEUE_BUSY.
+ * It returns QUEUE_GONE, also without a transaction, if the extension is no
+ * longer installed.
  */
-void
-QueueBegin(void)
+QueueStatus
+QueueBegin(bool nowait)
 {
+	Oid			nspid;
+	Oid			relid = InvalidOid;
+
 	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	nspid = get_namespace_oid("task_fdw", true);
+	if (OidIsValid(nspid))
+		relid = get_relname_relid("task", nspid);
+	if (!OidIsValid(relid) ||
+		(nowait && !ConditionalLockRelationOid(relid, RowExclusiveLock)))
+	{
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_cxt);
+		return OidIsValid(relid) ? QUEUE_BUSY : QUEUE_GONE;
+	}
+	if (!nowait)
+		LockRelationOid(relid, RowExclusiveLock);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "task_fdw bookkeeping");
+	return QUEUE_OK;
 }
 
 /*

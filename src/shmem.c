@@ -222,6 +222,32 @@ TaskFdwXactCallback(XactEvent event, void *arg)
 }
 
 /*
+ * TaskFdwStopDispatcher asks the dispatcher of database dboid, if any, to
+ * exit, and keeps the launcher from starting it again until a task is
+ * submitted there: DROP DATABASE and renaming need the database to have no
+ * other sessions.
+ */
+void
+TaskFdwStopDispatcher(Oid dboid)
+{
+	DispatcherSlot *slot;
+	pid_t		pid = 0;
+
+	if (!OidIsValid(dboid) || TaskFdwState == NULL)
+		return;
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	slot = find_slot(dboid);
+	if (slot != NULL)
+	{
+		slot->wanted = false;
+		pid = slot->pid;
+	}
+	LWLockRelease(TaskFdwState->lock);
+	if (pid != 0)
+		(void) kill(pid, SIGTERM);
+}
+
+/*
  * TaskFdwSlotAttach claims dboid's slot for the calling dispatcher and
  * returns it, or returns NULL when another dispatcher already runs there.
  */

@@ -365,6 +365,37 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 }
 
 /*
+ * TaskStoreCountUnfinished returns how many tasks of this database are
+ * queued or running, as last committed.
+ */
+int64
+TaskStoreCountUnfinished(void)
+{
+	static const char *const states[] = {TFDW_STATE_QUEUED, TFDW_STATE_RUNNING};
+	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
+	Oid			index = TaskStoreIndex("task_state_idx");
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	int64		count = 0;
+	int			i;
+
+	for (i = 0; i < lengthof(states); i++)
+	{
+		ScanKeyData key;
+		SysScanDesc scan;
+
+		ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(states[i]));
+		scan = systable_beginscan(rel, index, true, snapshot, 1, &key);
+		while (systable_getnext(scan) != NULL)
+			count++;
+		systable_endscan(scan);
+	}
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return count;
+}
+
+/*
  * TaskStoreNotifyFinished queues the completion notification of task id,
  * sent on channel task_fdw when the transaction commits.
  */

@@ -39,7 +39,6 @@
 
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
-static void conn_lost(Conn *conn);
 static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
 static bool conn_flush(Conn *conn);
@@ -68,7 +67,7 @@ ConnAdvance(Conn *conn, uint32 events)
 		case CONN_IDLE:
 			/* An idle connection only becomes readable when it is closing. */
 			if (!PQconsumeInput(conn->conn) || PQstatus(conn->conn) == CONNECTION_BAD)
-				conn_lost(conn);
+				ConnLost(conn);
 			else
 			{
 				PGnotify   *notify;
@@ -125,7 +124,7 @@ conn_poll_connect(Conn *conn)
 										  conn->cancel_pid)) ||
 					!conn_flush(conn))
 				{
-					conn_lost(conn);
+					ConnLost(conn);
 					return;
 				}
 				break;
@@ -136,7 +135,7 @@ conn_poll_connect(Conn *conn)
 			break;
 		case PGRES_POLLING_FAILED:
 		default:
-			conn_lost(conn);
+			ConnLost(conn);
 			return;
 	}
 	/* libpq may switch sockets while connecting (several hosts, SSL retry). */
@@ -148,11 +147,11 @@ conn_poll_connect(Conn *conn)
 }
 
 /*
- * conn_lost fails whatever conn was doing because the connection broke or
+ * ConnLost fails whatever conn was doing because the connection broke or
  * could not be made, and closes it.
  */
-static void
-conn_lost(Conn *conn)
+void
+ConnLost(Conn *conn)
 {
 	Pool	   *pool = conn->pool;
 	Task	   *task = conn->task;
@@ -272,7 +271,7 @@ ConnSendTask(Conn *conn)
 	if (!PQsendQuery(conn->conn, sql) ||
 		(!reset && !PQsetSingleRowMode(conn->conn)) ||
 		!conn_flush(conn))
-		conn_lost(conn);
+		ConnLost(conn);
 }
 
 /*
@@ -286,12 +285,12 @@ conn_io(Conn *conn, uint32 events)
 
 	if ((events & WL_SOCKET_WRITEABLE) && !conn_flush(conn))
 	{
-		conn_lost(conn);
+		ConnLost(conn);
 		return;
 	}
 	if ((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn->conn))
 	{
-		conn_lost(conn);
+		ConnLost(conn);
 		return;
 	}
 
@@ -306,7 +305,7 @@ conn_io(Conn *conn, uint32 events)
 				if (!PQsendQuery(conn->conn, conn->task->sql) ||
 					!PQsetSingleRowMode(conn->conn) || !conn_flush(conn))
 				{
-					conn_lost(conn);
+					ConnLost(conn);
 					return;
 				}
 				continue;
@@ -705,7 +704,7 @@ conn_cancel_io(Conn *conn, uint32 events)
 	if (((events & WL_SOCKET_WRITEABLE) && !conn_flush(conn)) ||
 		((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn->conn)))
 	{
-		conn_lost(conn);
+		ConnLost(conn);
 		return;
 	}
 	while (!PQisBusy(conn->conn))
@@ -797,9 +796,13 @@ TaskResolveOutcome(Task *task)
 		task->error = psprintf("task timed out after %s", format_usecs(task->timeout));
 	}
 	else if (task->retry_interrupted && task->sqlstate &&
-			 strcmp(task->sqlstate, "57P01") == 0)
+			 (strncmp(task->sqlstate, "57P0", 4) == 0 ||
+			  strncmp(task->sqlstate, "08", 2) == 0))
 	{
-		/* Interrupted by a shutdown, and allowed to run again. */
+		/*
+		 * Interrupted (a shutdown or crash of either side, or a lost
+		 * connection), and allowed to run again.
+		 */
 		task->retry_at = GetCurrentTimestamp();
 		task->final_state = TFDW_STATE_QUEUED;
 	}

@@ -118,6 +118,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = task_fdw_shmem_startup;
 	TaskFdwRegisterLauncher();
+	TaskFdwInstallUtilityHook();
 }
 
 /*

@@ -262,6 +262,10 @@ extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
 extern bool TaskFdwSlotIdleExit(DispatcherSlot *slot);
 extern void TaskFdwSlotDetach(DispatcherSlot *slot, bool forget);
 extern void TaskFdwSetProcLatch(int procno);
+extern void TaskFdwStopDispatcher(Oid dboid);
+
+/* in utility.c */
+extern void TaskFdwInstallUtilityHook(void);
 
 /* in launcher.c */
 extern void TaskFdwRegisterLauncher(void);
@@ -300,6 +304,7 @@ extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
 extern void TaskStoreDeleteTask(Relation rel, int64 id);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
+extern int64 TaskStoreCountUnfinished(void);
 
 /* in wait.c */
 extern void TaskFdwWakeWaiters(void);

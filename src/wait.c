@@ -84,12 +84,13 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 static void
 wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 {
-	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
+	Oid			relid = TaskStoreRelid();
 	Oid			pkey = TaskStoreIndex("task_pkey");
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
+		Relation	rel = table_open(relid, AccessShareLock);
 		bool		all_final = true;
 		bool		mine;
 		int			i;
@@ -111,11 +112,12 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 			if (!TaskStateIsFinal(states[i]))
 				all_final = false;
 		}
+		/* No lock is held while sleeping: DDL on the store is not blocked. */
+		table_close(rel, AccessShareLock);
 		if (all_final || !wait_sleep(deadline))
 			break;
 	}
 	ConditionVariableCancelSleep();
-	table_close(rel, AccessShareLock);
 }
 
 /*
@@ -278,7 +280,7 @@ Datum
 task_fdw_wait_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Relation	rel;
+	Oid			relid;
 	Oid			index;
 	TimestampTz deadline;
 	List	   *ids;
@@ -292,18 +294,23 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("batch must not be null")));
 	deadline = wait_deadline(fcinfo, 1);
-	rel = table_open(TaskStoreRelid(), AccessShareLock);
+	relid = TaskStoreRelid();
 	index = TaskStoreIndex("task_batch_idx");
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
-	while (!read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states) &&
-		   wait_sleep(deadline))
+	for (;;)
 	{
+		Relation	rel = table_open(relid, AccessShareLock);
+		bool		all_final = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states);
+
+		/* No lock is held while sleeping: DDL on the store is not blocked. */
+		table_close(rel, AccessShareLock);
+		if (all_final || !wait_sleep(deadline))
+			break;
 		list_free_deep(ids);
 		list_free_deep(states);
 	}
 	ConditionVariableCancelSleep();
-	table_close(rel, AccessShareLock);
 
 	InitMaterializedSRF(fcinfo, 0);
 	forboth(lc1, ids, lc2, states)

@@ -1,0 +1,214 @@
+# Reliability with injected faults: a dispatcher killed with SIGKILL and an
+# immediate restart in the middle of 1,000 side-effecting tasks, a fast
+# shutdown with remote statements running, a remote server that goes down
+# and comes back, a pooled connection killed on the remote, a huge result,
+# and DROP EXTENSION / DROP DATABASE with a dispatcher running.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TaskFdwNode;
+use Time::HiRes qw(time);
+
+my $remote = PostgreSQL::Test::Cluster->new('remote');
+$remote->init;
+$remote->start;
+$remote->safe_psql('postgres', 'CREATE TABLE r_effects (n int)');
+
+my $node = TaskFdwNode::new_node('local', "restart_after_crash = on\n");
+TaskFdwNode::setup_loopback($node, 4);
+$node->safe_psql('postgres', qq{
+CREATE TABLE effects (n int);
+CREATE FOREIGN TABLE retry_tasks (id bigint, sql text, state text, sqlstate text, error text)
+    SERVER loopback OPTIONS (on_interrupt 'retry');
+CREATE SERVER remote FOREIGN DATA WRAPPER task_fdw
+    OPTIONS (host '@{[ $remote->host ]}', port '@{[ $remote->port ]}', dbname 'postgres',
+             pool_size '4');
+CREATE USER MAPPING FOR CURRENT_USER SERVER remote;
+CREATE FOREIGN TABLE remote_tasks (id bigint, sql text, state text, sqlstate text,
+                                   error text, remote_pid int, started_at timestamptz)
+    SERVER remote;
+});
+
+# Submits tasks 1..$n through $table, each inserting its number into effects.
+sub submit_effects
+{
+	my ($table, $from, $to) = @_;
+	$node->safe_psql('postgres', qq{
+INSERT INTO $table(sql)
+SELECT format('INSERT INTO effects VALUES (%s); SELECT pg_sleep(0.004)', g)
+  FROM generate_series($from, $to) g;
+});
+}
+
+# Waits until every task of $table is final, reconnecting as needed.
+sub wait_all
+{
+	my ($table) = @_;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM $table WHERE state IN ('queued', 'running')")
+	  or die "tasks of $table did not finish";
+}
+
+# The pid of the dispatcher of database postgres.
+sub dispatcher_pid
+{
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'");
+}
+
+# --- SIGKILL of the dispatcher in the middle of 1,000 tasks (at most once).
+submit_effects('tasks', 1, 1000);
+$node->poll_query_until('postgres', 'SELECT count(*) >= 100 FROM effects')
+  or die 'tasks did not start';
+my $pid = dispatcher_pid();
+kill 'KILL', $pid;
+$node->poll_query_until('postgres', 'SELECT true') or die 'the cluster did not come back';
+wait_all('tasks');
+my ($final, $dups, $done_missing, $missing_not_interrupted, $interrupted) =
+  split /\|/, $node->safe_psql('postgres', q{
+WITH t AS (SELECT state, sqlstate, error, substring(sql FROM 'VALUES \((\d+)\)')::int AS n FROM tasks),
+     e AS (SELECT n, count(*) AS c FROM effects GROUP BY n)
+SELECT (SELECT count(*) FROM t WHERE state IN ('done', 'failed')),
+       (SELECT count(*) FROM e WHERE c > 1),
+       (SELECT count(*) FROM t WHERE state = 'done' AND n NOT IN (SELECT n FROM e)),
+       (SELECT count(*) FROM t WHERE n NOT IN (SELECT n FROM e)
+           AND NOT (state = 'failed' AND error LIKE 'task was interrupted%')),
+       (SELECT count(*) FROM t WHERE state = 'failed');
+});
+is($final, '1000', 'after SIGKILL of the dispatcher all 1,000 tasks reached a final state');
+is($dups, '0', 'no task ran twice');
+is($done_missing, '0', 'every done task left its side effect');
+is($missing_not_interrupted, '0',
+	"every task without its side effect failed as interrupted ($interrupted interrupted)");
+isnt(dispatcher_pid(), $pid, 'the dispatcher came back by itself');
+
+# --- pg_ctl restart -m immediate, with on_interrupt 'retry'.
+$node->safe_psql('postgres', 'DELETE FROM tasks; TRUNCATE effects');
+submit_effects('retry_tasks', 1, 1000);
+$node->poll_query_until('postgres', 'SELECT count(*) >= 100 FROM effects')
+  or die 'tasks did not start';
+$node->stop('immediate');
+$node->start;
+wait_all('retry_tasks');
+my ($all_done, $runs_missing, $max_runs) = split /\|/, $node->safe_psql('postgres', q{
+WITH t AS (SELECT state, substring(sql FROM 'VALUES \((\d+)\)')::int AS n FROM retry_tasks),
+     e AS (SELECT n, count(*) AS c FROM effects GROUP BY n)
+SELECT (SELECT count(*) FROM t WHERE state = 'done'),
+       (SELECT count(*) FROM t WHERE n NOT IN (SELECT n FROM e)),
+       (SELECT coalesce(max(c), 0) FROM e);
+});
+is($all_done, '1000', "with on_interrupt 'retry' all 1,000 tasks end done after an immediate restart");
+is($runs_missing, '0', 'each of them left its side effect');
+cmp_ok($max_runs, '<=', 2, 'an interrupted task ran again once at most');
+
+# --- pg_ctl stop -m fast with 4 remote statements running.
+$node->safe_psql('postgres',
+	"INSERT INTO remote_tasks(sql) SELECT 'SELECT pg_sleep(600)' FROM generate_series(1, 4)");
+$remote->poll_query_until('postgres',
+	"SELECT count(*) = 4 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'")
+  or die 'remote statements did not start';
+my $start = time();
+$node->stop('fast');
+my $elapsed = time() - $start;
+cmp_ok($elapsed, '<', 10, sprintf('a fast shutdown took %.1f s with 4 remote statements running', $elapsed));
+ok($remote->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'"),
+	'and the remote statements were cancelled');
+$node->start;
+is($node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT state || ' ' || sqlstate, ',') FROM remote_tasks}),
+	'failed 57P01', 'the tasks were recorded as interrupted');
+
+# --- The remote goes down with 50 tasks queued for it; the loopback is not delayed.
+$node->safe_psql('postgres', 'DELETE FROM remote_tasks');
+$remote->stop('fast');
+$node->safe_psql('postgres', q{
+INSERT INTO remote_tasks(sql)
+SELECT format('INSERT INTO r_effects VALUES (%s)', g) FROM generate_series(1, 50) g;
+});
+$start = time();
+my $loop = $node->safe_psql('postgres', q{
+INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 20) RETURNING id});
+$loop =~ s/\n/,/g;
+is($node->safe_psql('postgres', "SELECT string_agg(DISTINCT state, ',') FROM task_fdw.wait(ARRAY[$loop], '30s')"),
+	'done', 'tasks of another server run while the remote is down');
+$elapsed = time() - $start;
+cmp_ok($elapsed, '<', 1, sprintf('in %.3f s', $elapsed));
+is($node->safe_psql('postgres', "SELECT count(*) FROM remote_tasks WHERE state = 'queued'"), '50',
+	'the 50 tasks of the unreachable server stay queued');
+$remote->start;
+$node->poll_query_until('postgres', "SELECT count(*) = 50 FROM remote_tasks WHERE state = 'done'")
+  or diag($node->safe_psql('postgres', 'SELECT state, error FROM remote_tasks LIMIT 3'));
+is($remote->safe_psql('postgres', q{SELECT count(DISTINCT n) || ' ' || count(*) FROM r_effects}), '50 50',
+	'once the remote is back, all 50 tasks ran, each once');
+
+# --- A pooled connection killed on the remote is replaced.
+my $rpid = $node->safe_psql('postgres', q{
+SELECT remote_pid FROM remote_tasks WHERE state = 'done' ORDER BY id DESC LIMIT 1});
+is($remote->safe_psql('postgres', "SELECT pg_terminate_backend($rpid, 10000)"), 't',
+	'a pooled connection is terminated on the remote');
+my $next = $node->safe_psql('postgres',
+	"INSERT INTO remote_tasks(sql) VALUES ('SELECT 1') RETURNING id");
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($next, '30s')"), 'done',
+	'the next task on that pool succeeds');
+
+# --- A 10-million-row result does not grow the dispatcher's memory.
+# Returns the peak resident set size of the dispatcher, in kB.
+sub dispatcher_peak_kb
+{
+	my $status = slurp_file('/proc/' . dispatcher_pid() . '/status');
+	return $status =~ /^VmHWM:\s+(\d+) kB/m ? $1 : die 'no VmHWM';
+}
+my $warm = $node->safe_psql('postgres',
+	"INSERT INTO tasks(sql) VALUES ('SELECT g, md5(g::text) FROM generate_series(1, 100000) g') RETURNING id");
+$node->safe_psql('postgres', "SELECT task_fdw.wait($warm, '60s')");
+my $before = dispatcher_peak_kb();
+my $big = $node->safe_psql('postgres',
+	"INSERT INTO tasks(sql) VALUES ('SELECT g, md5(g::text) FROM generate_series(1, 10000000) g') RETURNING id");
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($big, '300s')"), 'done', 'a 10-million-row task finishes');
+my $growth = dispatcher_peak_kb() - $before;
+cmp_ok($growth, '<', 20 * 1024, "the dispatcher's peak memory grew by $growth kB");
+is($node->safe_psql('postgres', "SELECT rows || ' ' || jsonb_array_length(result) || ' ' || result_truncated FROM tasks WHERE id = $big"),
+	'10000000 1000 true', 'all rows were counted, the first 1,000 kept');
+
+# --- DROP EXTENSION is refused while tasks are unfinished; DROP DATABASE is not blocked.
+$node->safe_psql('postgres', 'CREATE DATABASE victim');
+$node->safe_psql('victim', q{
+CREATE EXTENSION task_fdw;
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+CREATE FOREIGN TABLE tasks (id bigint, sql text, state text, run_at timestamptz) SERVER loopback;
+INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
+});
+my ($rc, $out, $err) = $node->psql('victim', 'DROP EXTENSION task_fdw CASCADE');
+like($err, qr/cannot drop extension task_fdw while tasks are queued or running/,
+	'DROP EXTENSION is refused while a task is queued');
+$node->safe_psql('victim', 'DELETE FROM tasks; DROP EXTENSION task_fdw CASCADE');
+ok($node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
+	'after DROP EXTENSION the dispatcher exits');
+$node->safe_psql('victim', q{
+CREATE EXTENSION task_fdw;
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+CREATE FOREIGN TABLE tasks (id bigint, sql text, state text, run_at timestamptz) SERVER loopback;
+INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
+});
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
+  or die 'no dispatcher in victim';
+$start = time();
+($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE victim');
+$elapsed = time() - $start;
+is($rc, 0, 'DROP DATABASE succeeds while its dispatcher runs') or diag($err);
+cmp_ok($elapsed, '<', 5, sprintf('in %.2f s', $elapsed));
+unlike(slurp_file($node->logfile), qr/task_fdw dispatcher" \(PID \d+\) exited with exit code 1/,
+	'no dispatcher exited with an error');
+
+$node->stop;
+$remote->stop;
+done_testing();
