@@ -106,6 +106,7 @@ typedef struct Conn
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
+	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
 
 /* Key of a pool: the server and the role that submitted the tasks. */
@@ -125,6 +126,7 @@ typedef struct Pool
 	TimestampTz next_connect_at;	/* while unreachable: next attempt */
 	int			connect_failures;	/* in a row */
 	char		last_error[256];	/* why the last attempt failed */
+	TimestampTz blocked_until;	/* no connection could be opened: retry then */
 	dlist_head	conns;			/* its connections, and cancellers */
 	int			nconns;			/* connections, not counting cancellers */
 	int			ncancellers;

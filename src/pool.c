@@ -108,6 +108,7 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->next_connect_at = 0;
 		pool->connect_failures = 0;
 		pool->last_error[0] = '\0';
+		pool->blocked_until = 0;
 		dlist_init(&pool->conns);
 		pool->nconns = 0;
 		pool->ncancellers = 0;
@@ -260,9 +261,13 @@ PoolConnect(Pool *pool)
 			(GetCurrentTimestamp() < pool->next_connect_at ||
 			 pool_count_state(pool, CONN_CONNECTING) > 0))
 			break;
+		/* At a connection limit: try again once the pause is over. */
+		if (pool->blocked_until != 0 && GetCurrentTimestamp() < pool->blocked_until)
+			break;
 		conn = pool_open_conn(pool, server, first->id, 0);
 		if (conn == NULL)
 			break;
+		pool->blocked_until = 0;
 		/* Failed at once (no such socket, say): judged like any failure. */
 		if (PQstatus(conn->conn) == CONNECTION_BAD)
 			ConnLost(conn);
@@ -343,6 +348,8 @@ PoolNextAttention(Pool *pool)
 	TimestampTz next = pool->next_connect_at;
 	dlist_iter	iter;
 
+	if (pool->nheld > 0 && pool->blocked_until != 0 && pool->down_since == 0)
+		return pool->nheld > pool_count_state(pool, CONN_CONNECTING) ? pool->blocked_until : 0;
 	if (pool->down_since == 0 || pool->nheld == 0)
 		return 0;
 	if (pool_count_state(pool, CONN_CONNECTING) > 0)
@@ -393,10 +400,28 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	char	   *appname;
 	PGconn	   *pgconn;
 	Conn	   *conn;
+	bool		conn_counted;
 
-	/* Out of file descriptors: the tasks wait for a connection to close. */
-	if (!AcquireExternalFD())
+	/*
+	 * At task_fdw.max_connections, or out of file descriptors: the tasks
+	 * wait in the queue for a connection to close.  Cancellers are exempt
+	 * from the limit, as they stop tasks.
+	 */
+	if (cancel_pid == 0 && TaskFdwMaxConnections > 0 &&
+		pg_atomic_fetch_add_u32(&TaskFdwState->connections, 1) >= TaskFdwMaxConnections)
+	{
+		pg_atomic_fetch_sub_u32(&TaskFdwState->connections, 1);
+		pool->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 		return NULL;
+	}
+	if (!AcquireExternalFD())
+	{
+		if (cancel_pid == 0 && TaskFdwMaxConnections > 0)
+			pg_atomic_fetch_sub_u32(&TaskFdwState->connections, 1);
+		pool->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+		return NULL;
+	}
+	conn_counted = cancel_pid == 0 && TaskFdwMaxConnections > 0;
 
 	appname = cancel_pid != 0 ? pstrdup("task_fdw canceller") :
 		psprintf("task_fdw task " INT64_FORMAT, appname_task);
@@ -405,6 +430,8 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	if (pgconn == NULL)
 	{
 		ReleaseExternalFD();
+		if (conn_counted)
+			pg_atomic_fetch_sub_u32(&TaskFdwState->connections, 1);
 		ereport(ERROR,
 				(errcode(ERRCODE_FDW_OUT_OF_MEMORY),
 				 errmsg("out of memory while starting a connection to server \"%s\"",
@@ -420,6 +447,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	conn->wait_pos = -1;
 	conn->appname_task = appname_task;
 	conn->cancel_pid = cancel_pid;
+	conn->counted = conn_counted;
 	if (pool->connect_timeout > 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 pool->connect_timeout * 1000);
@@ -448,6 +476,8 @@ PoolCloseConn(Conn *conn)
 
 	PQfinish(conn->conn);
 	ReleaseExternalFD();
+	if (conn->counted)
+		pg_atomic_fetch_sub_u32(&TaskFdwState->connections, 1);
 	dlist_delete(&conn->node);
 	if (conn->cancel_pid != 0)
 		pool->ncancellers--;

@@ -76,6 +76,7 @@ TaskFdwShmemStartup(void)
 		TaskFdwState->launcher_pid = 0;
 		TaskFdwState->launcher_procno = -1;
 		ConditionVariableInit(&TaskFdwState->task_finished);
+		pg_atomic_init_u32(&TaskFdwState->connections, 0);
 		TaskFdwState->nslots = max_worker_processes;
 		for (i = 0; i < TaskFdwState->nslots; i++)
 		{

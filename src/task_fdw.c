@@ -40,6 +40,7 @@ int			TaskFdwRecheckInterval = 10000;
 int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
+int			TaskFdwMaxConnections = 100;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -105,6 +106,13 @@ _PG_init(void)
 							&TaskFdwRetention,
 							7 * SECS_PER_DAY, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.max_connections",
+							"Maximum number of connections that all dispatchers together open for tasks.",
+							"Tasks wait in the queue while the limit is reached; 0 means no limit.",
+							&TaskFdwMaxConnections,
+							100, 0, 100000,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");
 

@@ -126,6 +126,7 @@ typedef struct TaskFdwShared
 	pid_t		launcher_pid;
 	int			launcher_procno;
 	ConditionVariable task_finished; /* broadcast after tasks finish */
+	pg_atomic_uint32 connections;	/* open task connections, all dispatchers */
 	int			nslots;
 	DispatcherSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } TaskFdwShared;
@@ -200,6 +201,7 @@ extern int	TaskFdwRecheckInterval;
 extern int	TaskFdwMaxNotices;
 extern int	TaskFdwMaxNoticeBytes;
 extern int	TaskFdwRetention;
+extern int	TaskFdwMaxConnections;
 extern void TaskFdwCheckPreloaded(void);
 
 /* in option.c */

@@ -175,6 +175,32 @@ cmp_ok($growth, '<', 20 * 1024, "the dispatcher's peak memory grew by $growth kB
 is($node->safe_psql('postgres', "SELECT rows || ' ' || jsonb_array_length(result) || ' ' || result_truncated FROM tasks WHERE id = $big"),
 	'10000000 1000 true', 'all rows were counted, the first 1,000 kept');
 
+# --- task_fdw.max_connections caps all pools together; tasks wait, they do not fail.
+$node->safe_psql('postgres', q{
+ALTER SYSTEM SET task_fdw.max_connections = 2;
+SELECT pg_reload_conf();
+});
+$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'");
+# Idle pooled connections from earlier tests count too: start from none.
+$node->safe_psql('postgres', q{
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher';
+});
+my $capped = $node->safe_psql('postgres', q{
+INSERT INTO tasks(sql)
+SELECT $$SELECT (SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name LIKE 'task_fdw task %' AND state = 'active') AS running,
+               pg_sleep(0.1)$$
+  FROM generate_series(1, 12) RETURNING id});
+$capped =~ s/\n/,/g;
+is($node->safe_psql('postgres', "SELECT string_agg(DISTINCT state, ',') FROM task_fdw.wait(ARRAY[$capped], '60s')"),
+	'done', 'with task_fdw.max_connections = 2 all 12 tasks of a pool of 4 finish');
+cmp_ok($node->safe_psql('postgres', "SELECT max((result->0->>'running')::int) FROM tasks WHERE id IN ($capped)"),
+	'<=', 2, 'and no more than 2 ran at once');
+$node->safe_psql('postgres', q{
+ALTER SYSTEM RESET task_fdw.max_connections;
+SELECT pg_reload_conf();
+});
+
 # --- DROP EXTENSION is refused while tasks are unfinished; DROP DATABASE is not blocked.
 $node->safe_psql('postgres', 'CREATE DATABASE victim');
 $node->safe_psql('victim', q{
