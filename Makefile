@@ -6,7 +6,7 @@ EXTENSION = task_fdw
 DATA = task_fdw--1.0.sql
 PGFILEDESC = "task_fdw - run SQL statements as background tasks"
 
-REGRESS = setup options tables submit execution control security
+REGRESS = setup options tables submit execution control security bad_input
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/task_fdw.conf
 ISOLATION = visibility cancel
 ISOLATION_OPTS = --temp-instance=./tmp_iso --temp-config=$(srcdir)/test/task_fdw.conf

@@ -74,7 +74,8 @@ SELECT result->0->>'app' = 'task_fdw task ' || id AS names_task
 -- a pooled connection is reused, with its session reset between tasks
 CREATE SERVER single FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
 CREATE USER MAPPING FOR CURRENT_USER SERVER single;
-CREATE FOREIGN TABLE single_tasks (id bigint, sql text, state text, remote_pid int, result jsonb)
+CREATE FOREIGN TABLE single_tasks (id bigint, sql text, state text, remote_pid int, result jsonb,
+                                   sqlstate text, error text)
     SERVER single;
 INSERT INTO single_tasks(sql) VALUES
     ('SET work_mem = ''77MB''; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1'),
@@ -84,12 +85,13 @@ INSERT INTO single_tasks(sql) VALUES
 SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM single_tasks), '60s') GROUP BY state;
 SELECT count(DISTINCT remote_pid) AS connections FROM single_tasks;
 SELECT result FROM single_tasks WHERE result IS NOT NULL;
--- a task that leaves a transaction open: its connection is closed, not reused,
--- so the next task on this one-connection pool runs in a new session and the
--- open transaction's row was never committed
+-- a task that leaves a transaction open fails, and its connection is closed,
+-- not reused, so the next task on this one-connection pool runs in a new
+-- session and the open transaction's row was never committed
 INSERT INTO single_tasks(sql) VALUES ('BEGIN; INSERT INTO side VALUES (300)')
     RETURNING id AS open_id \gset
 SELECT task_fdw.wait(:open_id, '60s');
+SELECT sqlstate, error FROM single_tasks WHERE id = :open_id;
 INSERT INTO single_tasks(sql) VALUES ($$SELECT count(*) AS n, now() = statement_timestamp() AS own_xact
     FROM side WHERE i = 300$$) RETURNING id AS after_id \gset
 SELECT task_fdw.wait(:after_id, '60s');

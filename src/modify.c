@@ -83,6 +83,7 @@ static AttrNumber find_column(TaskColumnMap *map, AttrNumber task_attnum);
 static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
 static void check_positive(Relation rel, const char *column, bool ok);
+static void check_finite_run_at(Relation rel, TimestampTz run_at);
 static HeapTuple lock_target(TaskModifyState *state, TupleTableSlot *planSlot,
 							 int64 *id);
 static TupleTableSlot *returning_slot(TaskModifyState *state, TupleTableSlot *slot,
@@ -149,6 +150,22 @@ check_positive(Relation rel, const char *column, bool ok)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("value of column \"%s\" of foreign table \"%s\" must be positive",
 						column, RelationGetRelationName(rel))));
+}
+
+/*
+ * check_finite_run_at raises the error for a run_at of infinity: the task
+ * would never run (-infinity is as good as now, and allowed).
+ */
+static void
+check_finite_run_at(Relation rel, TimestampTz run_at)
+{
+	if (TIMESTAMP_IS_NOEND(run_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("value of column \"run_at\" of foreign table \"%s\" must be finite",
+						RelationGetRelationName(rel)),
+				 errdetail("A task to run at infinity would never run."),
+				 errhint("Use NULL to run the task as soon as possible.")));
 }
 
 /*
@@ -375,6 +392,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 			case Anum_task_run_at:
 				sub.has_run_at = true;
 				sub.run_at = DatumGetTimestampTz(value);
+				check_finite_run_at(rel, sub.run_at);
 				break;
 			case Anum_task_timeout:
 				sub.timeout = DatumGetIntervalP(value);
@@ -557,6 +575,8 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 		{
 			values[Anum_task_run_at - 1] = slot->tts_values[state->run_at_attno - 1];
 			nulls[Anum_task_run_at - 1] = slot->tts_isnull[state->run_at_attno - 1];
+			if (!nulls[Anum_task_run_at - 1])
+				check_finite_run_at(rel, DatumGetTimestampTz(values[Anum_task_run_at - 1]));
 		}
 		if (reschedule)
 			what |= TFDW_XACT_SUBMITTED;

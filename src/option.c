@@ -217,14 +217,18 @@ static int
 parse_int_option(DefElem *def, int min, int max)
 {
 	char	   *value = defGetString(def);
-	int			result;
+	char	   *end;
+	long		result;
 
-	if (!parse_int(value, &result, 0, NULL) || result < min || result > max)
+	/* Strictly an integer: no fraction, unit or trailing text. */
+	errno = 0;
+	result = strtol(value, &end, 10);
+	if (end == value || *end != '\0' || errno != 0 || result < min || result > max)
 		ereport(ERROR,
 				(errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
 				 errmsg("invalid value for option \"%s\": \"%s\"", def->defname, value),
 				 errhint("The value must be an integer between %d and %d.", min, max)));
-	return result;
+	return (int) result;
 }
 
 /*

@@ -319,8 +319,10 @@ conn_io(Conn *conn, uint32 events)
 		{
 			/* There is no client to copy from or to; the session cannot go on. */
 			PQclear(res);
-			TaskFail(conn->task, "0A000",
-					 "COPY from stdin or to stdout is not supported in a task");
+			TaskFailWithDetail(conn->task, "0A000",
+							   "COPY from stdin or to stdout is not supported in a task",
+							   "A task has no client to read from or write to.",
+							   "COPY to or from a file or program on the server, or use INSERT ... SELECT.");
 			conn_task_done(conn, false);
 			return;
 		}
@@ -344,6 +346,15 @@ conn_task_done(Conn *conn, bool reusable)
 {
 	Task	   *task = conn->task;
 
+	/*
+	 * Work left in an open transaction is rolled back when the session is
+	 * closed below: the task did not do what it says.
+	 */
+	if (PQtransactionStatus(conn->conn) == PQTRANS_INTRANS)
+		TaskFailWithDetail(task, "25001",
+						   "task left a transaction open, and its work was rolled back",
+						   NULL,
+						   "End the task's SQL with COMMIT, or leave out BEGIN.");
 	if (task->final_state == NULL)
 		task->final_state = TFDW_STATE_DONE;
 	task->conn = NULL;
