@@ -32,7 +32,7 @@ all:
 	@echo "PostgreSQL 15 server headers are missing: run 'make deps' as root (or 'make demo' / 'make test')."; exit 1
 endif
 
-.PHONY: deps demo test bench
+.PHONY: deps demo test test-load bench
 
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 libpq-dev libipc-run-perl libkrb5-dev \
@@ -63,3 +63,11 @@ test: deps
 	$(MAKE) -s all
 	$(MAKE) -s install
 	sh test/run-as-postgres.sh $(MAKE) -s installcheck PROVE_FLAGS=--timer
+
+# The load test with 100,000 tasks (make test runs it with 10,000).
+test-load: deps
+	$(MAKE) -s clean
+	$(MAKE) -s all
+	$(MAKE) -s install
+	sh test/run-as-postgres.sh env TASK_FDW_LOAD_TASKS=100000 $(MAKE) -s installcheck \
+		REGRESS= ISOLATION= PROVE_TESTS=t/005_load.pl PROVE_FLAGS=--timer
