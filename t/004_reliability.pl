@@ -175,6 +175,14 @@ cmp_ok($growth, '<', 20 * 1024, "the dispatcher's peak memory grew by $growth kB
 is($node->safe_psql('postgres', "SELECT rows || ' ' || jsonb_array_length(result) || ' ' || result_truncated FROM tasks WHERE id = $big"),
 	'10000000 1000 true', 'all rows were counted, the first 1,000 kept');
 
+# --- A dispatcher terminated with pg_terminate_backend comes back by itself.
+my $old_pid = dispatcher_pid();
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+ok($node->poll_query_until('postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid}),
+	'a dispatcher terminated with pg_terminate_backend comes back by itself');
+
 # --- task_fdw.max_connections caps all pools together; tasks wait, they do not fail.
 $node->safe_psql('postgres', q{
 ALTER SYSTEM SET task_fdw.max_connections = 2;
