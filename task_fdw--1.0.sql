@@ -26,67 +26,27 @@ CREATE TABLE task_fdw.task (
     sqlstate        text,
     error_detail    text,
     error_hint      text,
-    error_context   text,
-    priority        int NOT NULL DEFAULT 0,
-    run_at          timestamptz,
-    timeout         interval,
-    max_attempts    int NOT NULL DEFAULT 1 CHECK (max_attempts >= 1),
-    attempts        int NOT NULL DEFAULT 0,
-    batch           text,
-    notices         text[],
-    retry_sqlstates text[],
-    retry_delay     interval,
-    cancel_requested_at timestamptz,
-    retry_interrupted boolean NOT NULL DEFAULT false
+    error_context   text
 );
 
 -- SELECT ... WHERE state = ... on a foreign table, and dispatcher recovery.
 CREATE INDEX task_state_idx ON task_fdw.task (state, id);
 
--- The dispatcher's queue: queued tasks of one pool, highest priority first,
--- then oldest first.
-CREATE INDEX task_queued_idx ON task_fdw.task (server_id, userid, priority DESC, id)
+-- The dispatcher's queue: queued tasks of one pool, oldest first.
+CREATE INDEX task_queued_idx ON task_fdw.task (server_id, userid, id)
     WHERE state OPERATOR(pg_catalog.=) 'queued';
-
--- When the next task scheduled for later (run_at, or a retry) is due.
-CREATE INDEX task_run_at_idx ON task_fdw.task (run_at)
-    WHERE state OPERATOR(pg_catalog.=) 'queued' AND run_at IS NOT NULL;
-
--- task_fdw.wait_batch(): one role's tasks of a batch.
-CREATE INDEX task_batch_idx ON task_fdw.task (userid, batch)
-    WHERE batch IS NOT NULL;
-
--- Retention: finished tasks, oldest first.
-CREATE INDEX task_finished_idx ON task_fdw.task (finished_at)
-    WHERE state OPERATOR(pg_catalog.=) ANY ('{done,failed,cancelled}'::pg_catalog.text[]);
 
 REVOKE ALL ON TABLE task_fdw.task FROM PUBLIC;
 
--- Members of task_fdw_monitor see every task through the foreign tables, but
--- not the results, notices or error details of other roles' tasks.  Roles
--- belong to the cluster, so another database may have created it already.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
-                    WHERE rolname OPERATOR(pg_catalog.=) 'task_fdw_monitor') THEN
-        CREATE ROLE task_fdw_monitor NOLOGIN;
-    END IF;
-END
-$$;
-
--- Every function pins its search_path, so that objects a user creates in
--- other schemas cannot stand in for the ones these functions use.
 CREATE FUNCTION task_fdw.task_fdw_handler()
 RETURNS fdw_handler
 AS 'MODULE_PATHNAME', 'task_fdw_handler'
-LANGUAGE C STRICT
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C STRICT;
 
 CREATE FUNCTION task_fdw.task_fdw_validator(text[], oid)
 RETURNS void
 AS 'MODULE_PATHNAME', 'task_fdw_validator'
-LANGUAGE C STRICT
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C STRICT;
 
 CREATE FOREIGN DATA WRAPPER task_fdw
     HANDLER task_fdw.task_fdw_handler
@@ -113,15 +73,6 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION task_fdw.wait(bigint[], interval) IS
     'waits until all the tasks are finished or the timeout passes, and returns their states';
 
-CREATE FUNCTION task_fdw.wait_batch(batch text, timeout interval DEFAULT NULL)
-RETURNS TABLE (id bigint, state text)
-AS 'MODULE_PATHNAME', 'task_fdw_wait_batch'
-LANGUAGE C CALLED ON NULL INPUT VOLATILE ROWS 100
-SET search_path = pg_catalog, pg_temp;
-
-COMMENT ON FUNCTION task_fdw.wait_batch(text, interval) IS
-    'waits until all of the caller''s tasks of the batch are finished or the timeout passes, and returns their states';
-
 -- Column checks for foreign tables of the wrapper, run when one is created or
 -- altered.  The C function ignores tables of other wrappers.
 CREATE FUNCTION task_fdw.check_table(regclass)
@@ -133,13 +84,9 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION task_fdw.check_table(regclass) IS
     'raises an error if a foreign table of task_fdw has a column that is not a task attribute';
 
--- SECURITY DEFINER so that check_table, an internal helper, need not be
--- granted to PUBLIC: it runs for everyone's DDL, only reads the catalogs,
--- and can do nothing but raise an error about a badly declared table.
 CREATE FUNCTION task_fdw.check_tables_trigger()
 RETURNS event_trigger
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -161,6 +108,5 @@ CREATE EVENT TRIGGER task_fdw_check_tables ON ddl_command_end
     WHEN TAG IN ('CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'IMPORT FOREIGN SCHEMA')
     EXECUTE FUNCTION task_fdw.check_tables_trigger();
 
-REVOKE ALL ON FUNCTION task_fdw.check_table(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION task_fdw.check_tables_trigger() FROM PUBLIC;
 GRANT USAGE ON SCHEMA task_fdw TO PUBLIC;

@@ -202,6 +202,22 @@ TaskStoreRelid(void)
 }
 
 /*
+ * TaskStoreCheckVersion raises an error when the task store rel is not the
+ * one this library expects: the extension was installed by an older
+ * version and not updated since.
+ */
+void
+TaskStoreCheckVersion(Relation rel)
+{
+	if (RelationGetDescr(rel)->natts != Natts_task)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"task_fdw\" must be updated before it can be used"),
+				 errdetail("The installed version of the extension is older than its library."),
+				 errhint("Run ALTER EXTENSION task_fdw UPDATE.")));
+}
+
+/*
  * TaskStoreIndex returns the OID of the task store's index indexname.
  */
 Oid

@@ -186,8 +186,11 @@ TaskFdwDispatcherMain(Datum main_arg)
 										ALLOCSET_DEFAULT_SIZES);
 	PoolInit();
 
-	if (QueueBegin(false) == QUEUE_GONE)
+	if (QueueBegin(false) != QUEUE_OK)
 	{
+		ereport(LOG,
+				(errmsg("task_fdw dispatcher not started for database %u: the extension is missing or must be updated",
+						dboid)));
 		TaskFdwSlotDetach(my_slot, true);
 		my_slot = NULL;
 		proc_exit(0);
@@ -744,6 +747,7 @@ begin_transaction(TimestampTz now)
 			store_retry_at = TimestampTzPlusMilliseconds(now, DEFERRED_RETRY_MS);
 			return false;
 		case QUEUE_GONE:
+		case QUEUE_OUTDATED:
 			dispatcher_store_gone();
 			break;
 	}
@@ -799,7 +803,7 @@ dispatcher_store_gone(void)
 {
 	cancel_running();
 	ereport(LOG,
-			(errmsg("task_fdw dispatcher exiting: the extension was dropped from database \"%s\"",
+			(errmsg("task_fdw dispatcher exiting: the extension was dropped from database \"%s\", or must be updated",
 					my_dbname)));
 	TaskFdwSlotDetach(my_slot, true);
 	my_slot = NULL;

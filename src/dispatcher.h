@@ -178,7 +178,8 @@ typedef enum QueueStatus
 {
 	QUEUE_OK,					/* in a transaction, store locked */
 	QUEUE_BUSY,					/* the store is locked by others: try later */
-	QUEUE_GONE					/* the extension was dropped */
+	QUEUE_GONE,					/* the extension was dropped */
+	QUEUE_OUTDATED				/* the extension needs ALTER EXTENSION UPDATE */
 } QueueStatus;
 
 extern QueueStatus QueueBegin(bool nowait);

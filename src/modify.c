@@ -307,6 +307,7 @@ taskBeginForeignModify(ModifyTableState *mtstate, ResultRelInfo *rinfo,
 	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
 	state->userid = tfdw_result_rel_user(rinfo, mtstate->ps.state);
 	state->store = table_open(TaskStoreRelid(), RowExclusiveLock);
+	TaskStoreCheckVersion(state->store);
 	subplan = outerPlanState(mtstate)->plan;
 	state->ctid_attno = ExecFindJunkAttributeInTlist(subplan->targetlist, "ctid");
 	if (!AttributeNumberIsValid(state->ctid_attno))

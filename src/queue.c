@@ -23,6 +23,7 @@
  */
 #include "postgres.h"
 
+#include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "storage/lmgr.h"
@@ -33,6 +34,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -152,6 +154,20 @@ static Datum text_or_null(const char *s, char *nulls, int i);
 static Datum text_array(List *strings);
 
 
+/*
+ * store_natts returns the number of columns of the task store relid, whose
+ * lock the caller holds.
+ */
+static int
+store_natts(Oid relid)
+{
+	Relation	rel = relation_open(relid, NoLock);
+	int			natts = RelationGetNumberOfAttributes(rel);
+
+	relation_close(rel, NoLock);
+	return natts;
+}
+
 /* The memory context QueueBegin was called in, restored by QueueCommit. */
 static MemoryContext caller_cxt = NULL;
 
@@ -184,6 +200,13 @@ QueueBegin(bool nowait)
 	}
 	if (!nowait)
 		LockRelationOid(relid, RowExclusiveLock);
+	if (store_natts(relid) != Natts_task)
+	{
+		/* Installed by an older version: wait for ALTER EXTENSION UPDATE. */
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_cxt);
+		return QUEUE_OUTDATED;
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());

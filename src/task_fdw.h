@@ -244,6 +244,7 @@ extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
 extern void TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
+extern void TaskStoreCheckVersion(Relation rel);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
 extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,

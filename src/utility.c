@@ -11,7 +11,9 @@
  *	  tasks, which would otherwise be lost with their records;
  *	- DROP DATABASE and renaming a database need it to have no other
  *	  sessions; its dispatcher is one, so it is asked to exit first and is
- *	  not started again until a task is submitted there.
+ *	  not started again until a task is submitted there;
+ *	- ALTER EXTENSION task_fdw UPDATE starts the dispatcher once it
+ *	  commits, as one stops while the extension is older than the library.
  *
  * IDENTIFICATION
  *		  src/utility.c
@@ -88,6 +90,9 @@ task_fdw_process_utility(PlannedStmt *pstmt, const char *queryString,
 	if (IsA(parsetree, DropStmt) &&
 		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
 		check_drop_extension((DropStmt *) parsetree);
+	else if (IsA(parsetree, AlterExtensionStmt) &&
+			 strcmp(((AlterExtensionStmt *) parsetree)->extname, "task_fdw") == 0)
+		TaskFdwRequestDispatcher(TFDW_XACT_SUBMITTED);	/* run what was queued */
 	else if (IsA(parsetree, DropdbStmt))
 		TaskFdwStopDispatcher(get_database_oid(((DropdbStmt *) parsetree)->dbname, true));
 	else if (IsA(parsetree, RenameStmt) &&

@@ -1,0 +1,67 @@
+# Upgrading: a database that installed version 1.0 is refused with a clear
+# error until ALTER EXTENSION UPDATE, after which its queued tasks run and
+# its schema is the same as that of a fresh installation.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TaskFdwNode;
+
+my $node = TaskFdwNode::new_node('upgrade');
+$node->safe_psql('postgres', 'CREATE DATABASE fresh');
+$node->safe_psql('postgres', 'CREATE DATABASE old');
+$node->safe_psql('fresh', 'CREATE EXTENSION task_fdw');
+$node->safe_psql('old', q{
+CREATE EXTENSION task_fdw VERSION '1.0';
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+CREATE FOREIGN TABLE tasks (id bigint, sql text, state text) SERVER loopback;
+});
+is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
+	'1.0', 'version 1.0 can still be installed');
+
+my ($rc, $out, $err) = $node->psql('old', "INSERT INTO tasks(sql) VALUES ('SELECT 1')");
+like($err, qr/extension "task_fdw" must be updated before it can be used.*ALTER EXTENSION task_fdw UPDATE/s,
+	'an outdated installation is refused with a clear error and hint');
+
+$node->safe_psql('old', 'ALTER EXTENSION task_fdw UPDATE');
+is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
+	'1.1', 'ALTER EXTENSION UPDATE goes to 1.1');
+my $id = $node->safe_psql('old', "INSERT INTO tasks(sql) VALUES ('SELECT 42 AS answer') RETURNING id");
+is($node->safe_psql('old', "SELECT task_fdw.wait($id, '60s')"), 'done', 'after the update, tasks run');
+
+# The updated schema is the one a fresh installation creates: columns,
+# constraints, indexes, functions (with their settings and privileges),
+# comments and the event trigger.
+my $describe = q{
+SELECT string_agg(line, E'\n' ORDER BY line) FROM (
+  SELECT format('column %s %s %s %s', attnum, attname, format_type(atttypid, atttypmod),
+                pg_get_expr(d.adbin, d.adrelid)) || CASE WHEN attnotnull THEN ' not null' ELSE '' END
+    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE attrelid = 'task_fdw.task'::regclass AND attnum > 0 AND NOT attisdropped
+  UNION ALL
+  SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
+    FROM pg_constraint WHERE conrelid = 'task_fdw.task'::regclass
+  UNION ALL
+  SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'task_fdw.task'::regclass
+  UNION ALL
+  SELECT format('function %s %s %s %s %s %s', p.oid::regprocedure, p.prosecdef, p.proconfig,
+                p.proacl, p.prorows, obj_description(p.oid, 'pg_proc'))
+    FROM pg_proc p WHERE pronamespace = 'task_fdw'::regnamespace
+  UNION ALL
+  SELECT format('relation %s %s %s', relname, relkind, relacl)
+    FROM pg_class WHERE relnamespace = 'task_fdw'::regnamespace
+  UNION ALL
+  SELECT format('event trigger %s %s %s', evtname, evtevent, evttags) FROM pg_event_trigger
+  UNION ALL
+  SELECT 'role ' || rolname FROM pg_roles WHERE rolname = 'task_fdw_monitor'
+) s(line);
+};
+is($node->safe_psql('old', $describe), $node->safe_psql('fresh', $describe),
+	'the schema after 1.0 -> 1.1 is the same as a fresh 1.1');
+
+$node->stop;
+done_testing();
