@@ -38,6 +38,7 @@ static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static int	pool_count_state(Pool *pool, ConnState state);
 static void pool_expire_held(Pool *pool, TimestampTz now);
+static void pool_close_idle_elsewhere(Pool *pool);
 static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
 							int cancel_pid);
 
@@ -366,6 +367,38 @@ PoolNextAttention(Pool *pool)
 }
 
 /*
+ * pool_close_idle_elsewhere closes one idle connection of a pool other than
+ * pool, so that pool, at task_fdw.max_connections, can open one: idle
+ * connections must not keep another pool's tasks waiting.
+ */
+static void
+pool_close_idle_elsewhere(Pool *pool)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *other;
+
+	hash_seq_init(&status, pools);
+	while ((other = hash_seq_search(&status)) != NULL)
+	{
+		dlist_iter	iter;
+
+		if (other == pool)
+			continue;
+		dlist_foreach(iter, &other->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+			if (conn->state == CONN_IDLE && conn->cancel_pid == 0)
+			{
+				hash_seq_term(&status);
+				PoolCloseConn(conn);
+				return;
+			}
+		}
+	}
+}
+
+/*
  * PoolStartCancel opens a canceller: a connection of pool that asks the
  * remote to cancel the statement of backend remote_pid, then closes.  It
  * uses the pool's own credentials, so it may cancel the pool's backends
@@ -411,6 +444,8 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 		pg_atomic_fetch_add_u32(&TaskFdwState->connections, 1) >= TaskFdwMaxConnections)
 	{
 		pg_atomic_fetch_sub_u32(&TaskFdwState->connections, 1);
+		/* An idle connection of another pool gives way, and we wait a turn. */
+		pool_close_idle_elsewhere(pool);
 		pool->blocked_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 		return NULL;
 	}

@@ -130,12 +130,15 @@
 
 /*
  * Tasks an earlier dispatcher left running were interrupted by a crash:
- * failed, or queued again if their submitter said they may run twice.
+ * failed, or queued again if their submitter said they may run twice (and
+ * did not cancel them meanwhile).
  */
 #define RECOVER_SQL \
 	"UPDATE task_fdw.task SET" \
-	" state = CASE WHEN retry_interrupted THEN 'queued' ELSE 'failed' END," \
-	" finished_at = CASE WHEN retry_interrupted THEN NULL ELSE pg_catalog.now() END," \
+	" state = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
+	"              THEN 'queued' ELSE 'failed' END," \
+	" finished_at = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
+	"                    THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'" \
 	" WHERE state OPERATOR(pg_catalog.=) 'running'"

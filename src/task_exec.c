@@ -806,6 +806,13 @@ TaskResolveOutcome(Task *task)
 		task->error_detail = psprintf("The remote server reported: %s", task->error);
 		task->error = psprintf("task timed out after %s", format_usecs(task->timeout));
 	}
+	else if (task->started_at == 0)
+	{
+		/*
+		 * It never started (its server was dropped or stayed unreachable,
+		 * its user mapping went away): trying again would not help.
+		 */
+	}
 	else if (task->retry_interrupted && task->sqlstate &&
 			 (strncmp(task->sqlstate, "57P0", 4) == 0 ||
 			  strncmp(task->sqlstate, "08", 2) == 0))
