@@ -210,14 +210,21 @@ SELECT pg_reload_conf();
 });
 
 # --- DROP EXTENSION is refused while tasks are unfinished; DROP DATABASE is not blocked.
-$node->safe_psql('postgres', 'CREATE DATABASE victim');
-$node->safe_psql('victim', q{
+
+# Installs task_fdw in database victim, with a task queued for an hour from now.
+sub install_with_queued_task
+{
+	$node->safe_psql('victim', q{
 CREATE EXTENSION task_fdw;
 CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
 CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
 CREATE FOREIGN TABLE tasks (id bigint, sql text, state text, run_at timestamptz) SERVER loopback;
 INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
 });
+	return;
+}
+$node->safe_psql('postgres', 'CREATE DATABASE victim');
+install_with_queued_task();
 my ($rc, $out, $err) = $node->psql('victim', 'DROP EXTENSION task_fdw CASCADE');
 like($err, qr/cannot drop extension task_fdw while tasks are queued or running/,
 	'DROP EXTENSION is refused while a task is queued');
@@ -225,13 +232,7 @@ $node->safe_psql('victim', 'DELETE FROM tasks; DROP EXTENSION task_fdw CASCADE')
 ok($node->poll_query_until('postgres',
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
 	'after DROP EXTENSION the dispatcher exits');
-$node->safe_psql('victim', q{
-CREATE EXTENSION task_fdw;
-CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
-CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
-CREATE FOREIGN TABLE tasks (id bigint, sql text, state text, run_at timestamptz) SERVER loopback;
-INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
-});
+install_with_queued_task();
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
   or die 'no dispatcher in victim';
