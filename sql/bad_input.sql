@@ -121,10 +121,14 @@ CREATE FOREIGN TABLE doomed_tasks (id bigint, sql text, run_at timestamptz) SERV
     OPTIONS (on_interrupt 'retry', max_attempts '3');
 INSERT INTO doomed_tasks(sql, run_at) VALUES ('SELECT 1', clock_timestamp() + interval '1s')
 RETURNING id - 300000 AS doomed_id \gset
+SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER doomed CASCADE;
+RESET client_min_messages;
 SELECT task_fdw.wait(300000 + :doomed_id, '30s');
 SELECT id - 300000 AS n, state, attempts, sqlstate, error FROM task_fdw.task WHERE id = 300000 + :doomed_id;
 
 DROP PROCEDURE run_bad;
 DROP TABLE bad_side;
+SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER bad CASCADE;
+RESET client_min_messages;

@@ -32,4 +32,6 @@ CREATE SERVER remote FOREIGN DATA WRAPPER task_fdw
 CREATE USER MAPPING FOR CURRENT_USER SERVER remote OPTIONS (user 'app', password 'secret');
 ALTER SERVER remote OPTIONS (SET pool_size '16');
 SELECT srvname, srvoptions FROM pg_foreign_server WHERE srvname = 'remote';
+SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER remote CASCADE;
+RESET client_min_messages;

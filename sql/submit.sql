@@ -53,7 +53,14 @@ SELECT task_fdw.wait(max(id), '30s') FROM tasks;
 -- a server without a user mapping for the submitter
 CREATE SERVER nomap FOREIGN DATA WRAPPER task_fdw;
 CREATE FOREIGN TABLE nomap_tasks (id bigint, sql text) SERVER nomap;
+CREATE ROLE regress_nomap;
+GRANT INSERT ON nomap_tasks TO regress_nomap;
+GRANT USAGE ON FOREIGN SERVER nomap TO regress_nomap;
+SET ROLE regress_nomap;
 INSERT INTO nomap_tasks(sql) VALUES ('SELECT 1');
+RESET ROLE;
+DROP OWNED BY regress_nomap;
+DROP ROLE regress_nomap;
 DROP SERVER nomap CASCADE;
 
 -- wait() arguments
