@@ -71,3 +71,11 @@ test-load: deps
 	$(MAKE) -s install
 	sh test/run-as-postgres.sh env TASK_FDW_LOAD_TASKS=100000 $(MAKE) -s installcheck \
 		REGRESS= ISOLATION= PROVE_TESTS=t/005_load.pl PROVE_FLAGS=--timer
+
+# Side-by-side benchmark of task_fdw, dblink and pgbench on a throwaway cluster.
+bench: deps
+	$(MAKE) -s all
+	$(MAKE) -s install
+	sh test/run-as-postgres.sh sh bench/bench.sh > bench/results.txt.new
+	mv bench/results.txt.new bench/results.txt
+	cat bench/results.txt

@@ -1,0 +1,224 @@
+#!/bin/sh
+# make bench: the same workloads through task_fdw (loopback server), through
+# dblink written as well as PL/pgSQL allows (a warm pool of P connections
+# driven with dblink_send_query / dblink_is_busy / dblink_get_result), and
+# through pgbench over P connections (the ceiling), on one throwaway
+# cluster in one run.  Prints the table on standard output (make bench
+# writes it to bench/results.txt) and its progress on standard error.
+#
+# Workloads (see the README's Performance section):
+#   W1 throughput: 20,000 x SELECT 1 at P = 4 and P = 8
+#   W2 latency: 200 single tasks one after another
+#   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
+#   W4 status lookup with 1,000,000 finished tasks in history
+#   W5 submission of 100,000 tasks vs an INSERT into an ordinary table
+#   W6 dispatcher footprint during W1
+set -eu
+N=${BENCH_TASKS:-20000}
+bindir=$(pg_config --bindir 2>/dev/null || true)
+[ -x "$bindir/initdb" ] || bindir=/usr/lib/postgresql/15/bin
+dir=$(mktemp -d "${TMPDIR:-/tmp}/task_fdw_bench.XXXXXX")
+port=$((30000 + $$ % 10000))
+cleanup() {
+	"$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+"$bindir/initdb" -D "$dir/data" -A trust >/dev/null
+cat >> "$dir/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'task_fdw'
+port = $port
+unix_socket_directories = '$dir'
+listen_addresses = ''
+max_connections = 100
+shared_buffers = 256MB
+task_fdw.idle_timeout = '10min'
+task_fdw.max_result_rows = 100
+CONF
+"$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+
+q() { "$bindir/psql" -X -q -A -t -h "$dir" -p "$port" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+q >/dev/null <<'SQL'
+CREATE EXTENSION task_fdw;
+CREATE EXTENSION dblink;
+CREATE SERVER p4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
+CREATE SERVER p8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8');
+CREATE USER MAPPING FOR CURRENT_USER SERVER p4;
+CREATE USER MAPPING FOR CURRENT_USER SERVER p8;
+CREATE FOREIGN TABLE tasks4 (id bigint, sql text, state text, submitted_at timestamptz,
+    started_at timestamptz, finished_at timestamptz, result jsonb, run_at timestamptz) SERVER p4;
+CREATE FOREIGN TABLE tasks8 (id bigint, sql text, state text, submitted_at timestamptz,
+    started_at timestamptz, finished_at timestamptz, result jsonb, run_at timestamptz) SERVER p8;
+
+-- dblink with a warm pool of p connections: n statements, kept busy.
+CREATE FUNCTION dblink_pool(n int, p int, stmt text) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    sent int := 0;
+    done int := 0;
+    t0 timestamptz;
+    busy boolean[] := array_fill(false, ARRAY[p]);
+    c int;
+BEGIN
+    FOR c IN 1 .. p LOOP
+        PERFORM dblink_connect('c' || c, format('host=%s port=%s dbname=postgres',
+            current_setting('unix_socket_directories'), current_setting('port')));
+    END LOOP;
+    t0 := clock_timestamp();
+    WHILE done < n LOOP
+        FOR c IN 1 .. p LOOP
+            IF busy[c] THEN
+                IF dblink_is_busy('c' || c) = 0 THEN
+                    PERFORM * FROM dblink_get_result('c' || c) AS r(x text);
+                    PERFORM * FROM dblink_get_result('c' || c) AS r(x text);
+                    busy[c] := false;
+                    done := done + 1;
+                END IF;
+            END IF;
+            IF NOT busy[c] AND sent < n THEN
+                PERFORM dblink_send_query('c' || c, stmt);
+                busy[c] := true;
+                sent := sent + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    FOR c IN 1 .. p LOOP
+        PERFORM dblink_disconnect('c' || c);
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp() - t0);
+END $$;
+
+-- one task at a time: submit, commit, wait
+CREATE PROCEDURE one_by_one(n int) LANGUAGE plpgsql AS $$
+DECLARE
+    task_id bigint;
+BEGIN
+    FOR i IN 1 .. n LOOP
+        INSERT INTO tasks4(sql) VALUES ('SELECT statement_timestamp() AS remote_start')
+            RETURNING id INTO task_id;
+        COMMIT;
+        PERFORM task_fdw.wait(task_id);
+    END LOOP;
+END $$;
+
+-- median and 95th percentile of n runs of a lookup, in ms
+CREATE FUNCTION lookup_ms(query text, n int, OUT median float8, OUT p95 float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz;
+    ms float8[] := '{}';
+BEGIN
+    FOR i IN 1 .. n LOOP
+        t0 := clock_timestamp();
+        EXECUTE format(query, 1 + (i * 7919) % 1000000);
+        ms := ms || extract(epoch FROM clock_timestamp() - t0) * 1000;
+    END LOOP;
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x), percentile_cont(0.95) WITHIN GROUP (ORDER BY x)
+      INTO median, p95 FROM unnest(ms) x;
+END $$;
+SQL
+
+dispatcher_pid() { q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+echo 'SELECT 1;' > "$dir/select1.sql"
+
+results=""
+row() { results="$results$(printf '%-44s %14s %14s %14s %s' "$1" "$2" "$3" "$4" "$5")
+"; }
+
+# --- W1 throughput, and W6 footprint of the dispatcher during it.
+echo "W1 and W6: $N tasks at P = 4 and 8" >&2
+for p in 4 8; do
+	q -c "TRUNCATE task_fdw.task" >/dev/null
+	# wake the dispatcher and open the pool, outside the measurement
+	q -c "INSERT INTO tasks$p(sql) SELECT 'SELECT 1' FROM generate_series(1, $p)" >/dev/null
+	q -c "SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks$p))" >/dev/null
+	pid=$(dispatcher_pid)
+	cpu0=$(cpu_ticks "$pid")
+	t=$(q <<SQL
+SELECT clock_timestamp() AS t0 \gset
+INSERT INTO tasks$p(sql) SELECT 'SELECT 1' FROM generate_series(1, $N);
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks$p WHERE state IN ('queued', 'running'))) \gset
+SELECT round((extract(epoch FROM max(finished_at) - :'t0'::timestamptz))::numeric, 3) FROM tasks$p;
+SQL
+)
+	cpu1=$(cpu_ticks "$pid")
+	tfdw=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
+	d=$(q -c "SELECT dblink_pool($N, $p, 'SELECT 1')")
+	dbl=$(echo "$N $d" | awk '{ printf "%.0f", $1 / $2 }')
+	pgb=$("$bindir/pgbench" -n -h "$dir" -p "$port" -c "$p" -j "$p" -t $((N / p)) -f "$dir/select1.sql" postgres 2>/dev/null |
+		awk '/^tps/ { printf "%.0f", $3; exit }')
+	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(echo "$tfdw $dbl $pgb" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }')"
+	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu0 $cpu1 $N" | awk '{ printf "%.3f", ($2 - $1) / 100 / ($3 / 1000) }')" "" "" ""
+	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
+done
+
+# --- W2 latency: 200 single tasks one after another.
+echo "W2: 200 single tasks" >&2
+q -c "TRUNCATE task_fdw.task" >/dev/null
+q -c "CALL one_by_one(200)" >/dev/null
+lat=$(q -c "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 3) || ' ' ||
+                  round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 3) || ' ' ||
+                  round(percentile_cont(0.5) WITHIN GROUP (ORDER BY dms)::numeric, 3)
+             FROM (SELECT extract(epoch FROM finished_at - submitted_at) * 1000 AS ms,
+                          extract(epoch FROM (result->0->>'remote_start')::timestamptz - submitted_at) * 1000 AS dms
+                     FROM tasks4) s")
+set -- $lat
+row "W2 finished latency median ms" "$1" "" "" "target <= 1"
+row "W2 finished latency p95 ms" "$2" "" "" "target <= 2"
+row "W2 dispatch latency median ms" "$3" "" "" "target <= 0.5"
+
+# --- W3 parallelism: 16 x pg_sleep(0.5) at P = 8.
+echo "W3: 16 sleeping tasks" >&2
+q -c "TRUNCATE task_fdw.task" >/dev/null
+w3=$(q <<'SQL'
+SELECT clock_timestamp() AS t0 \gset
+INSERT INTO tasks8(sql) SELECT 'SELECT pg_sleep(0.5)' FROM generate_series(1, 16);
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks8)) \gset
+SELECT round(extract(epoch FROM max(finished_at) - :'t0'::timestamptz)::numeric, 3) FROM tasks8;
+SQL
+)
+row "W3 16 x pg_sleep(0.5) at P=8, s" "$w3" "" "" "target <= 1.02"
+
+# --- W5 submission of 100,000 tasks vs an ordinary table with the same columns.
+echo "W5: submitting 100,000 tasks" >&2
+q -c "TRUNCATE task_fdw.task" >/dev/null
+w5=$(q <<'SQL'
+CREATE TABLE plain (LIKE task_fdw.task INCLUDING ALL);
+SELECT clock_timestamp() AS t0 \gset
+INSERT INTO tasks4(sql, run_at) SELECT 'SELECT 1', now() + interval '1 year' FROM generate_series(1, 100000);
+SELECT clock_timestamp() AS t1 \gset
+INSERT INTO plain(server_id, userid, sql, submitted_by, submitted_at, run_at)
+SELECT 0, 10, 'SELECT 1', current_user, now(), now() + interval '1 year' FROM generate_series(1, 100000);
+SELECT clock_timestamp() AS t2 \gset
+SELECT round(extract(epoch FROM :'t1'::timestamptz - :'t0'::timestamptz)::numeric, 3) || ' ' ||
+       round(extract(epoch FROM :'t2'::timestamptz - :'t1'::timestamptz)::numeric, 3);
+DROP TABLE plain;
+SQL
+)
+set -- $w5
+row "W5 INSERT 100,000 tasks, s (vs plain table)" "$1" "$2" "" "$(echo "$1 $2" | awk '{ printf "x%.2f of plain, target <= 2", $1 / $2 }')"
+
+# --- W4 lookups with 1,000,000 finished tasks and 10 queued ones.
+echo "W4: lookups among 1,000,000 finished tasks" >&2
+q -c "TRUNCATE task_fdw.task" >/dev/null
+q >/dev/null <<'SQL'
+INSERT INTO task_fdw.task(server_id, userid, sql, state, submitted_by, submitted_at, finished_at)
+SELECT (SELECT oid FROM pg_foreign_server WHERE srvname = 'p4'), (SELECT oid FROM pg_roles WHERE rolname = current_user),
+       'SELECT 1', 'done', current_user, now(), now()
+  FROM generate_series(1, 1000000);
+INSERT INTO tasks4(sql, run_at) SELECT 'SELECT 1', now() + interval '1 year' FROM generate_series(1, 10);
+VACUUM ANALYZE task_fdw.task;
+SQL
+w4a=$(q -c "SELECT round(median::numeric, 3) FROM lookup_ms('SELECT * FROM tasks4 WHERE id = %s', 500)")
+w4b=$(q -c "SELECT round(median::numeric, 3) FROM lookup_ms('SELECT * FROM tasks4 WHERE state = ''queued'' AND %s > 0', 500)")
+row "W4 lookup by id, median ms (1M finished)" "$w4a" "" "" "target <= 1"
+row "W4 state = 'queued', median ms (10 of 1M)" "$w4b" "" "" "target <= 1"
+
+{
+	echo "task_fdw benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, N = $N"
+	printf '%-44s %14s %14s %14s %s\n' "workload" "task_fdw" "dblink/plain" "pgbench" "ratio / target"
+	printf '%s' "$results"
+}
