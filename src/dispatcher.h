@@ -141,7 +141,6 @@ typedef struct Pool
 extern void DispatcherTaskFinished(Task *task);
 extern void DispatcherConnChanged(void);
 extern Task *DispatcherNewTask(Pool *pool, int64 id, const char *sql);
-extern void DispatcherRequeueFinished(Task *task);
 
 /* in pool.c */
 extern void PoolInit(void);
