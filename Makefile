@@ -72,10 +72,15 @@ test-load: deps
 	sh test/run-as-postgres.sh env TASK_FDW_LOAD_TASKS=100000 $(MAKE) -s installcheck \
 		REGRESS= ISOLATION= PROVE_TESTS=t/005_load.pl PROVE_FLAGS=--timer
 
-# Side-by-side benchmark of task_fdw, dblink and pgbench on a throwaway cluster.
+# Side-by-side benchmark of task_fdw, dblink and pgbench on a throwaway cluster,
+# with a plot of throughput against pool size (gnuplot).
 bench: deps
+	@if ! command -v gnuplot >/dev/null && [ "$$(id -u)" -eq 0 ]; then \
+		apt-get install -y -qq gnuplot-nox >/dev/null || true; \
+	fi
 	$(MAKE) -s all
 	$(MAKE) -s install
 	sh test/run-as-postgres.sh sh bench/bench.sh > bench/results.txt.new
 	mv bench/results.txt.new bench/results.txt
+	sh bench/plot.sh bench/results.txt bench/throughput.png
 	cat bench/results.txt

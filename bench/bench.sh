@@ -43,10 +43,16 @@ q() { "$bindir/psql" -X -q -A -t -h "$dir" -p "$port" -d postgres -v ON_ERROR_ST
 q >/dev/null <<'SQL'
 CREATE EXTENSION task_fdw;
 CREATE EXTENSION dblink;
+CREATE SERVER p1 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
+CREATE SERVER p2 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '2');
 CREATE SERVER p4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
 CREATE SERVER p8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8');
+CREATE USER MAPPING FOR CURRENT_USER SERVER p1;
+CREATE USER MAPPING FOR CURRENT_USER SERVER p2;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p4;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p8;
+CREATE FOREIGN TABLE tasks1 (id bigint, sql text, state text, finished_at timestamptz) SERVER p1;
+CREATE FOREIGN TABLE tasks2 (id bigint, sql text, state text, finished_at timestamptz) SERVER p2;
 CREATE FOREIGN TABLE tasks4 (id bigint, sql text, state text, submitted_at timestamptz,
     started_at timestamptz, finished_at timestamptz, result jsonb, run_at timestamptz) SERVER p4;
 CREATE FOREIGN TABLE tasks8 (id bigint, sql text, state text, submitted_at timestamptz,
@@ -129,8 +135,8 @@ row() { results="$results$(printf '%-44s %14s %14s %14s %s' "$1" "$2" "$3" "$4" 
 "; }
 
 # --- W1 throughput, and W6 footprint of the dispatcher during it.
-echo "W1 and W6: $N tasks at P = 4 and 8" >&2
-for p in 4 8; do
+echo "W1 and W6: $N tasks at P = 1, 2, 4 and 8" >&2
+for p in 1 2 4 8; do
 	q -c "TRUNCATE task_fdw.task" >/dev/null
 	# wake the dispatcher and open the pool, outside the measurement
 	q -c "INSERT INTO tasks$p(sql) SELECT 'SELECT 1' FROM generate_series(1, $p)" >/dev/null
@@ -148,9 +154,10 @@ SQL
 	tfdw=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
 	d=$(q -c "SELECT dblink_pool($N, $p, 'SELECT 1')")
 	dbl=$(echo "$N $d" | awk '{ printf "%.0f", $1 / $2 }')
-	pgb=$("$bindir/pgbench" -n -h "$dir" -p "$port" -c "$p" -j "$p" -t $((N / p)) -f "$dir/select1.sql" postgres 2>/dev/null |
+	pgb=$("$bindir/pgbench" -n -h "$dir" -p "$port" -c "$p" -j "$p" -T 3 -f "$dir/select1.sql" postgres 2>/dev/null |
 		awk '/^tps/ { printf "%.0f", $3; exit }')
 	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(echo "$tfdw $dbl $pgb" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }')"
+	[ "$p" -lt 4 ] && continue
 	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu0 $cpu1 $N" | awk '{ printf "%.3f", ($2 - $1) / 100 / ($3 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 done

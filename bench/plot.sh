@@ -1,0 +1,22 @@
+#!/bin/sh
+# Plots W1 throughput against pool size, for task_fdw, dblink and pgbench,
+# from the rows "W1 tasks/s, P=n" of a make bench result file.
+# Usage: plot.sh results.txt out.png
+set -eu
+command -v gnuplot >/dev/null || { echo "gnuplot is missing: no plot" >&2; exit 0; }
+data=$(mktemp)
+trap 'rm -f "$data"' EXIT
+sed -n 's/^W1 tasks\/s, P=\([0-9]*\) *\([0-9]*\) *\([0-9]*\) *\([0-9]*\).*/\1 \2 \3 \4/p' "$1" > "$data"
+gnuplot <<PLOT
+set terminal png size 800,500 noenhanced
+set output '$2'
+set title 'Trivial statements per second against pool size (2 cores)'
+set xlabel 'connections (pool size P)'
+set ylabel 'statements per second'
+set logscale y
+set key left top
+set xtics (1, 2, 4, 8)
+plot '$data' using 1:2 with linespoints title 'task_fdw (durable)', \
+     '$data' using 1:3 with linespoints title 'dblink, warm pool in one session', \
+     '$data' using 1:4 with linespoints title 'pgbench SELECT 1 (ceiling)'
+PLOT
