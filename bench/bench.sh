@@ -15,28 +15,9 @@
 #   W6 dispatcher footprint during W1
 set -eu
 N=${BENCH_TASKS:-20000}
-bindir=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$bindir/initdb" ] || bindir=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d "${TMPDIR:-/tmp}/task_fdw_bench.XXXXXX")
-port=$((30000 + $$ % 10000))
-cleanup() {
-	"$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-
-"$bindir/initdb" -D "$dir/data" -A trust >/dev/null
-cat >> "$dir/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'task_fdw'
-port = $port
-unix_socket_directories = '$dir'
-listen_addresses = ''
-max_connections = 100
-shared_buffers = 256MB
-task_fdw.idle_timeout = '10min'
-task_fdw.max_result_rows = 100
-CONF
-"$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+. "$(dirname "$0")/../test/cluster.sh"
+start_cluster bench "max_connections = 100" "shared_buffers = 256MB" \
+	"task_fdw.idle_timeout = '10min'" "task_fdw.max_result_rows = 100"
 
 q() { "$bindir/psql" -X -q -A -t -h "$dir" -p "$port" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 

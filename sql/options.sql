@@ -19,7 +19,7 @@ CREATE USER MAPPING FOR PUBLIC SERVER loopback OPTIONS (host 'localhost');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (application_name 'x');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (client_encoding 'LATIN1');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (replication 'database');
--- wrapper and foreign table take no options
+-- the wrapper takes no options; foreign tables only task attribute defaults
 ALTER FOREIGN DATA WRAPPER task_fdw OPTIONS (ADD pool_size '2');
 CREATE FOREIGN TABLE bad_table (id bigint) SERVER loopback OPTIONS (pool_size '2');
 ALTER SERVER loopback OPTIONS (ADD nonsense 'x');

@@ -148,6 +148,7 @@ extern Pool *PoolLookup(Oid serverid, Oid userid, bool create);
 extern HTAB *PoolTable(void);
 extern int	PoolBusy(Pool *pool);
 extern int	PoolCapacity(Pool *pool);
+extern Task *PoolTakeHeld(Pool *pool);
 extern void PoolAssignHeld(Pool *pool, dlist_head *starting);
 extern void PoolConnect(Pool *pool);
 extern void PoolCloseConn(Conn *conn);

@@ -162,6 +162,18 @@ PoolCapacity(Pool *pool)
 }
 
 /*
+ * PoolTakeHeld removes and returns the oldest task pool holds, or NULL.
+ */
+Task *
+PoolTakeHeld(Pool *pool)
+{
+	if (pool->nheld == 0)
+		return NULL;
+	pool->nheld--;
+	return dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+}
+
+/*
  * PoolAssignHeld gives pool's held tasks, oldest first, to its idle
  * connections, and appends them to starting: their start is recorded
  * before they are sent.
@@ -180,8 +192,7 @@ PoolAssignHeld(Pool *pool, dlist_head *starting)
 			break;
 		if (conn->state != CONN_IDLE)
 			continue;
-		task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
-		pool->nheld--;
+		task = PoolTakeHeld(pool);
 		conn->task = task;
 		conn->state = CONN_ASSIGNED;
 		task->conn = conn;
@@ -532,9 +543,8 @@ PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
 {
 	while (pool->nheld > 0)
 	{
-		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
+		Task	   *task = PoolTakeHeld(pool);
 
-		pool->nheld--;
 		TaskFailWithDetail(task, sqlstate, message, detail, hint);
 		DispatcherTaskFinished(task);
 	}

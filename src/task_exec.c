@@ -188,11 +188,7 @@ ConnLost(Conn *conn)
 			PoolCloseConn(conn);
 			return;
 		}
-		if (pool->nheld > 0)
-		{
-			task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
-			pool->nheld--;
-		}
+		task = PoolTakeHeld(pool);
 	}
 	if (task != NULL)
 	{
@@ -215,13 +211,10 @@ ConnLost(Conn *conn)
 static void
 conn_refuse_unauthenticated(Conn *conn)
 {
-	Pool	   *pool = conn->pool;
+	Task	   *task = conn->cancel_pid == 0 ? PoolTakeHeld(conn->pool) : NULL;
 
-	if (conn->cancel_pid == 0 && pool->nheld > 0)
+	if (task != NULL)
 	{
-		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&pool->held));
-
-		pool->nheld--;
 		TaskFailWithDetail(task, "2F003",
 						   "the server accepted the connection of the task without the password of its user mapping",
 						   "Tasks of roles that are not superusers must authenticate with the password of their user mapping; the server used trust or peer authentication, or a password file of its own.",

@@ -3,25 +3,10 @@
 # a few tasks running in parallel (one of them failing), shown as they move
 # from queued to done; then the cluster is stopped and removed.
 set -eu
-bindir=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$bindir/initdb" ] || bindir=/usr/lib/postgresql/15/bin
-dir=$(mktemp -d "${TMPDIR:-/tmp}/task_fdw_demo.XXXXXX")
-port=$((20000 + $$ % 10000))
-cleanup() {
-	"$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
+. "$(dirname "$0")/cluster.sh"
 
 echo "== starting a throwaway cluster with task_fdw preloaded"
-"$bindir/initdb" -D "$dir/data" -A trust >/dev/null
-cat >> "$dir/data/postgresql.conf" <<CONF
-shared_preload_libraries = 'task_fdw'
-port = $port
-unix_socket_directories = '$dir'
-listen_addresses = ''
-CONF
-"$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+start_cluster demo
 
 psql() { "$bindir/psql" -X -q -h "$dir" -p "$port" -d postgres "$@"; }
 
