@@ -45,6 +45,13 @@
 
 /* A finished task whose row is locked is recorded again after this long. */
 #define DEFERRED_RETRY_MS	100
+/*
+ * Outcomes are recorded together: once a task finishes, the dispatcher waits
+ * up to this long for the tasks that started with it on other connections
+ * (those running for less than this long) before recording them all in one
+ * transaction.
+ */
+#define GATHER_MS			1
 /* A cancel request is sent again this often while the task still runs. */
 #define CANCEL_RESEND_MS	1000
 /* Retention removes at most this many tasks per transaction. */
@@ -69,11 +76,13 @@ static TimestampTz deferred_retry_at = 0;
 static TimestampTz next_purge = 0;
 static TimestampTz last_activity = 0;
 static TimestampTz store_retry_at = 0;	/* the store was locked by others */
+static TimestampTz first_finished_at = 0;	/* of the unrecorded outcomes */
 static char *my_dbname = NULL;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
 static bool bookkeeping_needed(TimestampTz now);
+static bool gathering(TimestampTz now);
 static void bookkeeping(TimestampTz now);
 static void expire_connects(TimestampTz now);
 static void update_wait_set(void);
@@ -118,6 +127,8 @@ void
 DispatcherTaskFinished(Task *task)
 {
 	task->finished_at = GetCurrentTimestamp();
+	if (dlist_is_empty(&finished))
+		first_finished_at = task->finished_at;
 	dlist_push_tail(&finished, &task->node);
 }
 
@@ -310,7 +321,11 @@ bookkeeping_needed(TimestampTz now)
 
 	if (now < store_retry_at)
 		return false;
-	if (discover || check_cancels || !dlist_is_empty(&finished) || cancels_due(now))
+	if (check_cancels || cancels_due(now))
+		return true;
+	if (gathering(now))
+		return false;
+	if (discover || !dlist_is_empty(&finished))
 		return true;
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
@@ -323,6 +338,40 @@ bookkeeping_needed(TimestampTz now)
 		{
 			hash_seq_term(&status);
 			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * gathering returns whether finished tasks wait a little longer for others
+ * to finish, to be recorded with them: until GATHER_MS after the first one
+ * finished, while a task sent less than GATHER_MS ago still runs.
+ */
+static bool
+gathering(TimestampTz now)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+
+	if (dlist_is_empty(&finished) ||
+		now >= TimestampTzPlusMilliseconds(first_finished_at, GATHER_MS))
+		return false;
+	hash_seq_init(&status, PoolTable());
+	while ((pool = hash_seq_search(&status)) != NULL)
+	{
+		dlist_iter	iter;
+
+		dlist_foreach(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+			if ((conn->state == CONN_RESETTING || conn->state == CONN_RUNNING) &&
+				now < TimestampTzPlusMilliseconds(conn->task->started_at, GATHER_MS))
+			{
+				hash_seq_term(&status);
+				return true;
+			}
 		}
 	}
 	return false;
@@ -445,11 +494,19 @@ send_due_cancels(List *running, TimestampTz now)
 static void
 record_finished(void)
 {
-	while (!dlist_is_empty(&finished))
-	{
-		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&finished));
+	List	   *tasks = NIL;
+	ListCell   *lc;
 
-		if (!QueueRecordFinish(task))
+	while (!dlist_is_empty(&finished))
+		tasks = lappend(tasks, dlist_container(Task, node, dlist_pop_head_node(&finished)));
+	if (tasks == NIL)
+		return;
+	QueueRecordFinishes(tasks);
+	foreach(lc, tasks)
+	{
+		Task	   *task = lfirst(lc);
+
+		if (!task->recorded)
 		{
 			dlist_push_tail(&deferred, &task->node);
 			deferred_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -461,6 +518,7 @@ record_finished(void)
 			discover = true;
 		MemoryContextDelete(task->cxt);
 	}
+	list_free(tasks);
 }
 
 /*
@@ -512,20 +570,29 @@ bookkeeping(TimestampTz now)
 		PoolConnect(pool);
 	}
 
-	dlist_foreach_modify(iter, &starting)
+	if (!dlist_is_empty(&starting))
 	{
-		Task	   *task = dlist_container(Task, node, iter.cur);
+		List	   *tasks = NIL;
+		ListCell   *lc;
 
-		dlist_delete(&task->node);
-		if (QueueRecordStart(task))
-			dlist_push_tail(&sendable, &task->node);
-		else
+		while (!dlist_is_empty(&starting))
+			tasks = lappend(tasks, dlist_container(Task, node, dlist_pop_head_node(&starting)));
+		QueueRecordStarts(tasks);
+		foreach(lc, tasks)
 		{
-			/* Cancelled, deleted, postponed or locked: free the connection. */
-			task->conn->task = NULL;
-			task->conn->state = CONN_IDLE;
-			MemoryContextDelete(task->cxt);
+			Task	   *task = lfirst(lc);
+
+			if (task->recorded)
+				dlist_push_tail(&sendable, &task->node);
+			else
+			{
+				/* Cancelled, deleted, postponed or locked: free the connection. */
+				task->conn->task = NULL;
+				task->conn->state = CONN_IDLE;
+				MemoryContextDelete(task->cxt);
+			}
 		}
+		list_free(tasks);
 	}
 
 	QueueCommit();
@@ -670,9 +737,14 @@ next_timeout(TimestampTz now)
 	TimestampTz wake = next_recheck;
 
 	/* Bookkeeping itself may have failed tasks, or asked for another look. */
-	if (now >= store_retry_at &&
-		(!dlist_is_empty(&finished) || discover || check_cancels))
+	if (now >= store_retry_at && check_cancels)
 		return 0;
+	if (now >= store_retry_at && (!dlist_is_empty(&finished) || discover))
+	{
+		if (!gathering(now))
+			return 0;
+		wake = Min(wake, TimestampTzPlusMilliseconds(first_finished_at, GATHER_MS));
+	}
 	if (store_retry_at > now)
 		wake = Min(wake, store_retry_at);
 

@@ -77,6 +77,7 @@ typedef struct Task
 	int			notices_dropped;
 	TimestampTz retry_at;		/* set when the outcome is a retry */
 	bool		resolved;		/* TaskResolveOutcome has run */
+	bool		recorded;		/* set by QueueRecordStarts/Finishes */
 } Task;
 
 /* States of a pooled connection; ConnAdvance has the one switch over them. */
@@ -102,6 +103,7 @@ typedef struct Conn
 	uint32		registered_events;	/* events registered in the wait set */
 	int			wait_pos;		/* its position in the wait set, or -1 */
 	bool		used;			/* has run a task: reset before the next */
+	int			syncs_pending;	/* of the session reset pipeline */
 	int64		appname_task;	/* task named by its application_name */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
@@ -133,6 +135,16 @@ typedef struct Pool
 	dlist_head	held;			/* claimed tasks waiting for a connection */
 	int			nheld;
 	bool		has_queued;		/* the queue may hold tasks for this pool */
+	/*
+	 * Where the last fetch stopped in the pool's queue order (priority
+	 * descending, then id): the next fetch goes on from there rather than
+	 * wading again through index entries of tasks claimed since.  Reset
+	 * whenever the queue is looked at afresh (a commit, a retry, a
+	 * scheduled time, the periodic recheck).
+	 */
+	bool		cursor_valid;
+	int32		cursor_priority;
+	int64		cursor_id;
 	bool		require_password;	/* connections must have used the password */
 	bool		invalidated;	/* server or mapping changed: reconnect */
 } Pool;
@@ -188,8 +200,8 @@ extern void QueuePrepare(void);
 extern int	QueueRecoverInterrupted(void);
 extern void QueueFindPools(void);
 extern void QueueFetch(Pool *pool, int limit, TimestampTz now);
-extern bool QueueRecordStart(Task *task);
-extern bool QueueRecordFinish(Task *task);
+extern void QueueRecordStarts(List *tasks);
+extern void QueueRecordFinishes(List *tasks);
 extern List *QueueCancelRequested(List *running_ids);
 extern TimestampTz QueueNextRunAt(TimestampTz now);
 extern int	QueuePurge(TimestampTz cutoff, int limit);

@@ -116,6 +116,7 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		dlist_init(&pool->held);
 		pool->nheld = 0;
 		pool->has_queued = true;
+		pool->cursor_valid = false;
 		pool->invalidated = false;
 	}
 	return pool;

@@ -33,6 +33,7 @@
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -56,51 +57,89 @@
 	" SELECT server_id, userid FROM p"
 
 /*
- * Claim runnable tasks of one pool: due, highest priority first, then
- * oldest.  Rows locked by a submitter's UPDATE or DELETE in progress are
- * skipped, never waited for.
+ * Runnable tasks of one pool in queue order (highest priority first, then
+ * oldest), after position ($5, $6) of that order: the rest of priority $5,
+ * then lower priorities.  Each branch is a range scan of task_queued_idx,
+ * so entries of tasks claimed earlier (dead, but not yet removable while an
+ * older snapshot exists) are not visited again.  Nothing is locked here:
+ * START_SQL checks again that a task is queued, and skips it while a
+ * submitter is changing it.
  */
-#define FETCH_SQL \
+#define FETCH_COLUMNS \
 	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay," \
-	"       retry_interrupted, submitted_at" \
+	"       retry_interrupted, submitted_at, priority" \
 	" FROM task_fdw.task" \
 	" WHERE state OPERATOR(pg_catalog.=) 'queued'" \
 	"   AND server_id OPERATOR(pg_catalog.=) $1" \
 	"   AND userid OPERATOR(pg_catalog.=) $2" \
-	"   AND (run_at IS NULL OR run_at OPERATOR(pg_catalog.<=) $4)" \
-	" ORDER BY priority DESC, id LIMIT $3" \
-	" FOR UPDATE SKIP LOCKED"
-
-/* Record a start, unless the task was cancelled, deleted or postponed. */
-#define START_SQL \
-	"UPDATE task_fdw.task SET state = 'running', started_at = $2, remote_pid = $3," \
-	" attempts = $4" \
-	" WHERE id OPERATOR(pg_catalog.=) (SELECT id FROM task_fdw.task" \
-	"   WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'queued'" \
-	"     AND (run_at IS NULL OR run_at OPERATOR(pg_catalog.<=) $2)" \
-	"   FOR UPDATE SKIP LOCKED)"
+	"   AND (run_at IS NULL OR run_at OPERATOR(pg_catalog.<=) $4)"
+#define FETCH_SQL \
+	"(" FETCH_COLUMNS \
+	"   AND priority OPERATOR(pg_catalog.=) $5 AND id OPERATOR(pg_catalog.>) $6" \
+	" ORDER BY id LIMIT $3)" \
+	" UNION ALL" \
+	" (" FETCH_COLUMNS \
+	"   AND priority OPERATOR(pg_catalog.<) $5" \
+	" ORDER BY priority DESC, id LIMIT $3)" \
+	" LIMIT $3"
 
 /*
- * Record an outcome: final, or queued again for a retry at $14 (which a
- * cancel committed meanwhile turns into cancelled).  Returns the state
- * recorded; no row if the task is gone, final already, or locked.
+ * Record the start of tasks $1 on remote backends $3, except those no longer
+ * queued and due (cancelled, deleted or postponed) or locked by a submitter
+ * changing them.  Returns the ids started.  The state test is a function
+ * call so that the planner does not take it for task_queued_idx's predicate
+ * and scan that index for each id.
+ */
+#define START_SQL \
+	"UPDATE task_fdw.task t SET state = 'running', started_at = $2, remote_pid = u.pid," \
+	" attempts = t.attempts OPERATOR(pg_catalog.+) 1" \
+	" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[])," \
+	"   pg_catalog.unnest($3::pg_catalog.int4[])) AS u(id, pid)," \
+	" LATERAL (SELECT c.id FROM task_fdw.task c" \
+	"   WHERE c.id OPERATOR(pg_catalog.=) u.id AND pg_catalog.texteq(c.state, 'queued')" \
+	"     AND (c.run_at IS NULL OR c.run_at OPERATOR(pg_catalog.<=) $2)" \
+	"   FOR UPDATE SKIP LOCKED) s" \
+	" WHERE t.id OPERATOR(pg_catalog.=) s.id" \
+	" RETURNING t.id"
+
+/*
+ * Record the outcomes of tasks $1, one array element per task and column:
+ * final, or queued again for a retry at $14 (which a cancel committed
+ * meanwhile turns into cancelled).  Notices come as one JSON array of
+ * strings per task.  Returns the id and state recorded of each task updated;
+ * none for a task that is gone, final already, or locked.
  */
 #define FINISH_SQL \
 	"UPDATE task_fdw.task t SET state = s.state," \
-	" finished_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN NULL ELSE $3 END," \
-	" run_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN $14 ELSE t.run_at END," \
-	" command_tag = $4, rows = $5, result = $6, result_truncated = $7, error = $8," \
-	" sqlstate = $9, error_detail = $10, error_hint = $11, error_context = $12," \
-	" attempts = $13, notices = $15" \
-	" FROM (SELECT id, CASE WHEN $2 OPERATOR(pg_catalog.=) 'queued'" \
-	"                   AND cancel_requested_at IS NOT NULL" \
-	"              THEN 'cancelled' ELSE $2 END AS state" \
-	"         FROM task_fdw.task" \
-	"        WHERE id OPERATOR(pg_catalog.=) $1" \
-	"          AND state OPERATOR(pg_catalog.=) ANY ('{queued,running}'::pg_catalog.text[])" \
-	"        FOR UPDATE SKIP LOCKED) s" \
+	" finished_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN NULL ELSE u.finished_at END," \
+	" run_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN u.retry_at ELSE t.run_at END," \
+	" started_at = COALESCE(u.started_at, t.started_at)," \
+	" command_tag = u.command_tag, rows = u.rows, result = u.result," \
+	" result_truncated = u.truncated, error = u.error, sqlstate = u.sqlstate," \
+	" error_detail = u.detail, error_hint = u.hint, error_context = u.context," \
+	" attempts = u.attempts," \
+	" notices = CASE WHEN u.notices IS NULL THEN NULL ELSE" \
+	"   ARRAY(SELECT pg_catalog.jsonb_array_elements_text(u.notices)) END" \
+	" FROM ROWS FROM (" \
+	"   pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[])," \
+	"   pg_catalog.unnest($3::pg_catalog.timestamptz[]), pg_catalog.unnest($4::pg_catalog.text[])," \
+	"   pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.jsonb[])," \
+	"   pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[])," \
+	"   pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[])," \
+	"   pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])," \
+	"   pg_catalog.unnest($13::pg_catalog.int4[]), pg_catalog.unnest($14::pg_catalog.timestamptz[])," \
+	"   pg_catalog.unnest($15::pg_catalog.jsonb[]), pg_catalog.unnest($16::pg_catalog.timestamptz[]))" \
+	"   AS u(id, state, finished_at, command_tag, rows, result, truncated, error," \
+	"        sqlstate, detail, hint, context, attempts, retry_at, notices, started_at)," \
+	" LATERAL (SELECT c.id, CASE WHEN u.state OPERATOR(pg_catalog.=) 'queued'" \
+	"                          AND c.cancel_requested_at IS NOT NULL" \
+	"                     THEN 'cancelled' ELSE u.state END AS state" \
+	"   FROM task_fdw.task c" \
+	"   WHERE c.id OPERATOR(pg_catalog.=) u.id" \
+	"     AND c.state OPERATOR(pg_catalog.=) ANY ('{queued,running}'::pg_catalog.text[])" \
+	"   FOR UPDATE SKIP LOCKED) s" \
 	" WHERE t.id OPERATOR(pg_catalog.=) s.id" \
-	" RETURNING s.state"
+	" RETURNING t.id, s.state"
 
 /* Whether an unrecorded task is still there to record (so it was locked). */
 #define PENDING_SQL \
@@ -153,8 +192,18 @@ static SPIPlanPtr next_run_at_plan = NULL;
 static SPIPlanPtr purge_plan = NULL;
 
 static SPIPlanPtr prepare_plan(const char *sql, int nargs, Oid *argtypes);
-static Datum text_or_null(const char *s, char *nulls, int i);
-static Datum text_array(List *strings);
+/* One array parameter of a statement, built element by element. */
+typedef struct ArrayBuilder
+{
+	Datum	   *values;
+	bool	   *nulls;
+	int			n;
+} ArrayBuilder;
+
+static void array_builder_init(ArrayBuilder *b, int size);
+static void array_builder_add(ArrayBuilder *b, Datum value, bool isnull);
+static void array_builder_text(ArrayBuilder *b, const char *s);
+static Datum array_builder_finish(ArrayBuilder *b, Oid elemtype);
 
 
 /*
@@ -233,12 +282,63 @@ QueueCommit(void)
 }
 
 /*
+ * array_builder_init starts an array of at most size elements.
+ */
+static void
+array_builder_init(ArrayBuilder *b, int size)
+{
+	b->values = palloc(sizeof(Datum) * Max(size, 1));
+	b->nulls = palloc(sizeof(bool) * Max(size, 1));
+	b->n = 0;
+}
+
+/*
+ * array_builder_add appends value, or a NULL, to b.
+ */
+static void
+array_builder_add(ArrayBuilder *b, Datum value, bool isnull)
+{
+	b->values[b->n] = value;
+	b->nulls[b->n] = isnull;
+	b->n++;
+}
+
+/*
+ * array_builder_text appends s as text, or a NULL if s is NULL, to b.
+ */
+static void
+array_builder_text(ArrayBuilder *b, const char *s)
+{
+	array_builder_add(b, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
+}
+
+/*
+ * array_builder_finish returns b's elements, of type elemtype, as an array.
+ */
+static Datum
+array_builder_finish(ArrayBuilder *b, Oid elemtype)
+{
+	int			dims[1] = {b->n};
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(b->values, b->nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
+}
+
+/*
  * prepare_plan prepares sql and keeps the plan for the life of the process.
+ * The plan is generic from the first execution on: every statement is
+ * written for index scans whatever its parameters, and planning them again
+ * for each execution would cost more than running them.
  */
 static SPIPlanPtr
 prepare_plan(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "could not prepare task_fdw statement: %s",
@@ -253,20 +353,22 @@ prepare_plan(const char *sql, int nargs, Oid *argtypes)
 void
 QueuePrepare(void)
 {
-	Oid			fetch_types[4] = {OIDOID, OIDOID, INT4OID, TIMESTAMPTZOID};
-	Oid			start_types[4] = {INT8OID, TIMESTAMPTZOID, INT4OID, INT4OID};
-	Oid			finish_types[15] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID,
-		INT8OID, JSONBOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	INT4OID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Oid			fetch_types[6] = {OIDOID, OIDOID, INT4OID, TIMESTAMPTZOID, INT4OID,
+	INT8OID};
+	Oid			start_types[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4ARRAYOID};
+	Oid			finish_types[16] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TEXTARRAYOID, INT8ARRAYOID, JSONBARRAYOID, BOOLARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	TIMESTAMPTZARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
 	Oid			id_type[1] = {INT8OID};
 	Oid			ids_type[1] = {INT8ARRAYOID};
 	Oid			time_type[1] = {TIMESTAMPTZOID};
 	Oid			purge_types[2] = {TIMESTAMPTZOID, INT4OID};
 
 	find_pools_plan = prepare_plan(FIND_POOLS_SQL, 0, NULL);
-	fetch_plan = prepare_plan(FETCH_SQL, 4, fetch_types);
-	start_plan = prepare_plan(START_SQL, 4, start_types);
-	finish_plan = prepare_plan(FINISH_SQL, 15, finish_types);
+	fetch_plan = prepare_plan(FETCH_SQL, 6, fetch_types);
+	start_plan = prepare_plan(START_SQL, 3, start_types);
+	finish_plan = prepare_plan(FINISH_SQL, 16, finish_types);
 	pending_plan = prepare_plan(PENDING_SQL, 1, id_type);
 	cancelled_plan = prepare_plan(CANCELLED_SQL, 1, ids_type);
 	next_run_at_plan = prepare_plan(NEXT_RUN_AT_SQL, 1, time_type);
@@ -286,13 +388,20 @@ QueueRecoverInterrupted(void)
 }
 
 /*
- * QueueFindPools notes every pool that has queued tasks.
+ * QueueFindPools notes every pool that has queued tasks, and has every
+ * pool's next fetch start from the head of its queue.
  */
 void
 QueueFindPools(void)
 {
 	uint64		i;
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
 
+	/* The queue may have changed anywhere: fetches start from its head. */
+	hash_seq_init(&status, PoolTable());
+	while ((pool = hash_seq_search(&status)) != NULL)
+		pool->cursor_valid = false;
 	if (SPI_execute_plan(find_pools_plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for queued tasks");
 	for (i = 0; i < SPI_processed; i++)
@@ -309,13 +418,14 @@ QueueFindPools(void)
 }
 
 /*
- * QueueFetch claims up to limit more runnable tasks of pool, highest
- * priority first, into pool's held list.  Tasks already held are skipped.
+ * QueueFetch takes up to limit more runnable tasks of pool, highest
+ * priority first, into pool's held list, going on from where the last
+ * fetch stopped.  Tasks already held are skipped.
  */
 void
 QueueFetch(Pool *pool, int limit, TimestampTz now)
 {
-	Datum		values[4];
+	Datum		values[6];
 	uint64		i;
 	int			added = 0;
 	int			asked = limit + pool->nheld;
@@ -324,6 +434,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 	values[1] = ObjectIdGetDatum(pool->key.userid);
 	values[2] = Int32GetDatum(asked);
 	values[3] = TimestampTzGetDatum(now);
+	values[4] = Int32GetDatum(pool->cursor_valid ? pool->cursor_priority : PG_INT32_MAX);
+	values[5] = Int64GetDatum(pool->cursor_valid ? pool->cursor_id : 0);
 	if (SPI_execute_plan(fetch_plan, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not fetch queued tasks");
 
@@ -339,6 +451,9 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 		Datum		value;
 		MemoryContext old;
 
+		pool->cursor_valid = true;
+		pool->cursor_priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+		pool->cursor_id = id;
 		dlist_foreach(iter, &pool->held)
 			if (dlist_container(Task, node, iter.cur)->id == id)
 				held = true;
@@ -381,119 +496,175 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 }
 
 /*
- * QueueRecordStart marks task running on its connection's remote backend and
- * returns false if the task is no longer queued and due, or is locked by a
- * submitter changing it.
+ * id_of returns the int64 in column 1 of row i of the last SPI result.
  */
-bool
-QueueRecordStart(Task *task)
+static int64
+id_of(uint64 i)
 {
-	Datum		values[4];
+	bool		isnull;
 
-	task->started_at = GetCurrentTimestamp();
-	values[0] = Int64GetDatum(task->id);
-	values[1] = TimestampTzGetDatum(task->started_at);
-	values[2] = Int32GetDatum(task->remote_pid);
-	values[3] = Int32GetDatum(task->attempts);
-	if (SPI_execute_plan(start_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not record the start of task " INT64_FORMAT, task->id);
-	return SPI_processed == 1;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+									   1, &isnull));
 }
 
 /*
- * text_or_null returns s as a text Datum, or marks parameter i NULL.
+ * QueueRecordStarts marks the tasks of the list running, each on its
+ * connection's remote backend, in one statement, and sets task->recorded
+ * on those it started.  The others are no longer queued and due, or are
+ * locked by a submitter changing them.
  */
-static Datum
-text_or_null(const char *s, char *nulls, int i)
+void
+QueueRecordStarts(List *tasks)
 {
-	if (s == NULL)
-	{
-		nulls[i] = 'n';
-		return (Datum) 0;
-	}
-	return CStringGetTextDatum(s);
-}
-
-/*
- * text_array returns strings, a non-empty list of C strings, as a text[].
- */
-static Datum
-text_array(List *strings)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * list_length(strings));
+	ArrayBuilder ids;
+	ArrayBuilder pids;
+	Datum		values[3];
 	ListCell   *lc;
-	int			n = 0;
+	uint64		i;
 
-	foreach(lc, strings)
-		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	array_builder_init(&ids, list_length(tasks));
+	array_builder_init(&pids, list_length(tasks));
+	foreach(lc, tasks)
+	{
+		Task	   *task = lfirst(lc);
+
+		task->started_at = GetCurrentTimestamp();
+		task->recorded = false;
+		array_builder_add(&ids, Int64GetDatum(task->id), false);
+		array_builder_add(&pids, Int32GetDatum(task->remote_pid), false);
+	}
+	values[0] = array_builder_finish(&ids, INT8OID);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[2] = array_builder_finish(&pids, INT4OID);
+	if (SPI_execute_plan(start_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the start of tasks");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		int64		id = id_of(i);
+
+		foreach(lc, tasks)
+			if (((Task *) lfirst(lc))->id == id)
+				((Task *) lfirst(lc))->recorded = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
- * QueueRecordFinish records task's outcome (final, or a retry) and returns
- * true, or returns false when the task's row is locked by a submitter's
- * UPDATE or DELETE in progress: the caller tries again later.  A task whose
- * row is gone (deleted) counts as recorded.
+ * notices_json returns a task's notices as a JSON array of strings.
  */
-bool
-QueueRecordFinish(Task *task)
+static Datum
+notices_json(List *notices)
 {
-	Datum		values[15];
-	char		nulls[15];
-	const char *state = TaskResolveOutcome(task);
+	StringInfoData buf;
+	ListCell   *lc;
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(task->id);
-	values[1] = CStringGetTextDatum(state);
-	values[2] = TimestampTzGetDatum(task->finished_at);
-	values[3] = text_or_null(task->command_tag, nulls, 3);
-	values[4] = Int64GetDatum(task->rows);
-	if (!task->has_rows)
-		nulls[4] = 'n';
-	if (task->has_result)
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	foreach(lc, notices)
 	{
-		values[5] = DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data));
-		values[6] = BoolGetDatum(task->truncated);
+		if (buf.len > 1)
+			appendStringInfoChar(&buf, ',');
+		escape_json(&buf, (char *) lfirst(lc));
 	}
-	else
-	{
-		nulls[5] = 'n';
-		nulls[6] = 'n';
-	}
-	values[7] = text_or_null(task->error, nulls, 7);
-	values[8] = text_or_null(task->sqlstate, nulls, 8);
-	values[9] = text_or_null(task->error_detail, nulls, 9);
-	values[10] = text_or_null(task->error_hint, nulls, 10);
-	values[11] = text_or_null(task->error_context, nulls, 11);
-	values[12] = Int32GetDatum(task->attempts);
-	values[13] = TimestampTzGetDatum(task->retry_at);
-	if (task->retry_at == 0)
-		nulls[13] = 'n';
-	if (task->notices != NIL)
-		values[14] = text_array(task->notices);
-	else
-		nulls[14] = 'n';
+	appendStringInfoChar(&buf, ']');
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
 
-	if (SPI_execute_plan(finish_plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not record the outcome of task " INT64_FORMAT, task->id);
-	if (SPI_processed == 1)
+/*
+ * QueueRecordFinishes records the outcomes (final, or a retry) of the tasks
+ * of the list in one statement, and sets task->recorded on each one that
+ * needs no more recording: recorded now, or gone (deleted).  A task whose
+ * row a submitter's UPDATE or DELETE in progress has locked is left
+ * unrecorded, for the caller to try again later.
+ */
+void
+QueueRecordFinishes(List *tasks)
+{
+	ArrayBuilder cols[16];
+	Datum		values[16];
+	Oid			types[16] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
+		JSONBOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID, JSONBOID, TIMESTAMPTZOID};
+	ListCell   *lc;
+	uint64		i;
+	int			c;
+
+	for (c = 0; c < 16; c++)
+		array_builder_init(&cols[c], list_length(tasks));
+	foreach(lc, tasks)
 	{
+		Task	   *task = lfirst(lc);
+		const char *state = TaskResolveOutcome(task);
+
+		task->recorded = false;
+		array_builder_add(&cols[0], Int64GetDatum(task->id), false);
+		array_builder_text(&cols[1], state);
+		array_builder_add(&cols[2], TimestampTzGetDatum(task->finished_at), false);
+		array_builder_text(&cols[3], task->command_tag);
+		array_builder_add(&cols[4], Int64GetDatum(task->rows), !task->has_rows);
+		if (task->has_result)
+		{
+			array_builder_add(&cols[5], DirectFunctionCall1(jsonb_in,
+															CStringGetDatum(task->result.data)),
+							  false);
+			array_builder_add(&cols[6], BoolGetDatum(task->truncated), false);
+		}
+		else
+		{
+			array_builder_add(&cols[5], (Datum) 0, true);
+			array_builder_add(&cols[6], (Datum) 0, true);
+		}
+		array_builder_text(&cols[7], task->error);
+		array_builder_text(&cols[8], task->sqlstate);
+		array_builder_text(&cols[9], task->error_detail);
+		array_builder_text(&cols[10], task->error_hint);
+		array_builder_text(&cols[11], task->error_context);
+		array_builder_add(&cols[12], Int32GetDatum(task->attempts), false);
+		array_builder_add(&cols[13], TimestampTzGetDatum(task->retry_at), task->retry_at == 0);
+		array_builder_add(&cols[14], task->notices != NIL ? notices_json(task->notices) : (Datum) 0,
+						  task->notices == NIL);
+		array_builder_add(&cols[15], TimestampTzGetDatum(task->started_at),
+						  task->started_at == 0);
+	}
+	for (c = 0; c < 16; c++)
+		values[c] = array_builder_finish(&cols[c], types[c]);
+
+	if (SPI_execute_plan(finish_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the outcome of tasks");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		int64		id = id_of(i);
 		bool		isnull;
-		char	   *recorded = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+		char	   *recorded = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																 SPI_tuptable->tupdesc,
-																 1, &isnull));
+																 2, &isnull));
 
-		if (strcmp(recorded, TFDW_STATE_QUEUED) != 0)
-			TaskStoreNotifyFinished(task->id, recorded);
-		SPI_freetuptable(SPI_tuptable);
-		return true;
+		foreach(lc, tasks)
+		{
+			Task	   *task = lfirst(lc);
+
+			if (task->id != id)
+				continue;
+			task->recorded = true;
+			if (strcmp(recorded, TFDW_STATE_QUEUED) != 0)
+				TaskStoreNotifyFinished(task->id, recorded);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
 
-	/* No row updated: gone or final (done with it), or locked (try later). */
-	if (SPI_execute_plan(pending_plan, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up task " INT64_FORMAT, task->id);
-	return SPI_processed == 0;
+	/* Not updated: gone or final (done with it), or locked (try later). */
+	foreach(lc, tasks)
+	{
+		Task	   *task = lfirst(lc);
+		Datum		id[1];
+
+		if (task->recorded)
+			continue;
+		id[0] = Int64GetDatum(task->id);
+		if (SPI_execute_plan(pending_plan, id, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up task " INT64_FORMAT, task->id);
+		task->recorded = (SPI_processed == 0);
+	}
 }
 
 /*

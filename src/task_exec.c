@@ -28,19 +28,19 @@
 #include "dispatcher.h"
 
 /*
- * What a pooled connection runs before a task when an earlier task used it:
- * the effect of DISCARD ALL (which cannot run in a multi-statement string),
- * then the new task's application_name.
+ * A pooled connection that ran a task is reset before the next one with
+ * DISCARD ALL, then named after the new task.  Both go in one round trip as
+ * a libpq pipeline of two single-statement transactions: DISCARD ALL cannot
+ * run inside the implicit transaction of a multi-statement query string,
+ * and spelling its parts out there costs the remote several times more.
  */
-#define SESSION_RESET_SQL \
-	"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; " \
-	"UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; " \
-	"DISCARD TEMP; DISCARD SEQUENCES; "
+#define SESSION_RESET_SQL "DISCARD ALL"
 
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
 static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
+static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -241,30 +241,85 @@ conn_flush(Conn *conn)
 }
 
 /*
- * ConnSendTask sends conn's task, once its start has been recorded: first
- * the session reset or application_name change it needs, if any.
+ * ConnSendTask sends conn's task, once its start has been recorded: first,
+ * if it needs them, the session reset and the application_name that names
+ * the task, pipelined, then (once they are through) the task's SQL.
  */
 void
 ConnSendTask(Conn *conn)
 {
 	Task	   *task = conn->task;
-	const char *sql = task->sql;
 	bool		reset = conn->used || conn->appname_task != task->id;
+	bool		ok;
 
 	task->started_at = GetCurrentTimestamp();
 	if (task->timeout > 0)
 		task->deadline = task->started_at + task->timeout;
-	if (reset)
-		sql = psprintf("%sSET application_name = 'task_fdw task " INT64_FORMAT "'",
-					   conn->used ? SESSION_RESET_SQL : "", task->id);
+	conn->state = reset ? CONN_RESETTING : CONN_RUNNING;
+	if (!reset)
+		ok = PQsendQuery(conn->conn, task->sql) && PQsetSingleRowMode(conn->conn);
+	else
+	{
+		char	   *setname = psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
+									   task->id);
+
+		conn->syncs_pending = 0;
+		ok = PQenterPipelineMode(conn->conn);
+		if (ok && conn->used)
+		{
+			ok = PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
+				PQpipelineSync(conn->conn);
+			conn->syncs_pending++;
+		}
+		if (ok)
+		{
+			ok = PQsendQueryParams(conn->conn, setname, 0, NULL, NULL, NULL, NULL, 0) &&
+				PQpipelineSync(conn->conn);
+			conn->syncs_pending++;
+		}
+		pfree(setname);
+	}
 	conn->used = true;
 	conn->appname_task = task->id;
-	conn->state = reset ? CONN_RESETTING : CONN_RUNNING;
-
-	if (!PQsendQuery(conn->conn, sql) ||
-		(!reset && !PQsetSingleRowMode(conn->conn)) ||
-		!conn_flush(conn))
+	if (!ok || !conn_flush(conn))
 		ConnLost(conn);
+}
+
+/*
+ * conn_reset_result handles one result of conn's session reset pipeline,
+ * and sends the task once the pipeline is through.  Returns false if the
+ * connection broke.
+ */
+static bool
+conn_reset_result(Conn *conn, PGresult *res)
+{
+	if (res == NULL)
+		return true;			/* the end of one statement's results */
+	switch (PQresultStatus(res))
+	{
+		case PGRES_PIPELINE_SYNC:
+			if (--conn->syncs_pending > 0)
+				break;
+			if (!PQexitPipelineMode(conn->conn))
+				return false;
+			if (conn->task->final_state != NULL)
+			{
+				/* The reset failed: the task ends with its error, unsent. */
+				conn->state = CONN_RUNNING;
+				break;
+			}
+			conn->state = CONN_RUNNING;
+			if (!PQsendQuery(conn->conn, conn->task->sql) ||
+				!PQsetSingleRowMode(conn->conn) || !conn_flush(conn))
+				return false;
+			break;
+		case PGRES_FATAL_ERROR:
+			capture_error(conn->task, res, conn->conn);
+			break;
+		default:
+			break;
+	}
+	return true;
 }
 
 /*
@@ -290,19 +345,20 @@ conn_io(Conn *conn, uint32 events)
 	while (!PQisBusy(conn->conn))
 	{
 		res = PQgetResult(conn->conn);
+		if (conn->state == CONN_RESETTING)
+		{
+			bool		ok = conn_reset_result(conn, res);
+
+			PQclear(res);
+			if (!ok)
+			{
+				ConnLost(conn);
+				return;
+			}
+			continue;
+		}
 		if (res == NULL)
 		{
-			if (conn->state == CONN_RESETTING && conn->task->final_state == NULL)
-			{
-				conn->state = CONN_RUNNING;
-				if (!PQsendQuery(conn->conn, conn->task->sql) ||
-					!PQsetSingleRowMode(conn->conn) || !conn_flush(conn))
-				{
-					ConnLost(conn);
-					return;
-				}
-				continue;
-			}
 			conn_task_done(conn, true);
 			return;
 		}
@@ -319,13 +375,7 @@ conn_io(Conn *conn, uint32 events)
 			conn_task_done(conn, false);
 			return;
 		}
-		if (conn->state == CONN_RESETTING)
-		{
-			if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-				capture_error(conn->task, res, conn->conn);
-		}
-		else
-			capture_result(conn->task, res);
+		capture_result(conn->task, res);
 		PQclear(res);
 	}
 }
