@@ -1,4 +1,5 @@
-# task_fdw: PGXS build, plus the two commands of the README: make demo, make test.
+# task_fdw: PGXS build, plus the commands of the README: make demo, make test,
+# make package.
 
 MODULE_big = task_fdw
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
@@ -32,11 +33,13 @@ all:
 	@echo "PostgreSQL 15 server headers are missing: run 'make deps' as root (or 'make demo' / 'make test')."; exit 1
 endif
 
-.PHONY: deps demo test test-load bench
+.PHONY: deps demo test test-load bench package
 
 # Debian packages the build, the demo and the tests need.
 DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 libpq-dev libipc-run-perl libkrb5-dev \
 	postgresql-contrib make gcc
+# and those building the Debian package needs on top (pg_buildext, dh).
+PACKAGE_DEB_PACKAGES = dpkg-dev debhelper postgresql-server-dev-all
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -84,3 +87,10 @@ bench: deps
 	mv bench/results.txt.new bench/results.txt
 	sh bench/plot.sh bench/results.txt bench/throughput.png
 	cat bench/results.txt
+
+# As root: build the Debian package postgresql-15-task-fdw (debian/) out of a
+# temporary copy of the tree, install it, and check it on a throwaway cluster.
+package:
+	@[ "$$(id -u)" -eq 0 ] || { echo "make package installs a Debian package: run it as root"; exit 1; }
+	$(MAKE) -s deps DEB_PACKAGES="$(DEB_PACKAGES) $(PACKAGE_DEB_PACKAGES)"
+	sh test/package.sh
