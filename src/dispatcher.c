@@ -173,6 +173,16 @@ TaskFdwDispatcherMain(Datum main_arg)
 	/* Its statements name everything in full; nothing may stand in anyway. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
+	/*
+	 * Its statements touch a few rows each through the task store's indexes,
+	 * with generic plans made once.  Made while the store is small (a new
+	 * installation), a plan would otherwise scan the whole table or hash it,
+	 * and keep doing so as the table grows until the next ANALYZE.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_hashjoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_mergejoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	my_slot = TaskFdwSlotAttach(dboid);
 	if (my_slot == NULL)
 	{
