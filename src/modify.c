@@ -365,6 +365,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 
 	memset(&sub, 0, sizeof(sub));
 	sub.serverid = state->serverid;
+	sub.origin_serverid = state->serverid;
 	sub.userid = state->userid;
 	sub.submitted_by = state->submitted_by;
 	sub.submitted_at = GetCurrentTransactionStartTimestamp();

@@ -68,7 +68,8 @@
 #define Anum_task_retry_delay		28
 #define Anum_task_cancel_requested_at 29
 #define Anum_task_retry_interrupted	30
-#define Natts_task					30
+#define Anum_task_origin_server_id	31
+#define Natts_task					31
 
 /* The role whose members see all tasks, without their results. */
 #define TFDW_MONITOR_ROLE		"task_fdw_monitor"
@@ -279,7 +280,8 @@ typedef struct TaskInsertState TaskInsertState;
 /* A task being submitted, with its attributes resolved. */
 typedef struct TaskSubmission
 {
-	Oid			serverid;
+	Oid			serverid;		/* where it runs */
+	Oid			origin_serverid;	/* the server of the table it went through */
 	Oid			userid;
 	const char *submitted_by;
 	Datum		sql;
