@@ -15,10 +15,12 @@
 #ifndef TASK_FDW_COMPAT_H
 #define TASK_FDW_COMPAT_H
 
+#include "catalog/pg_foreign_server.h"
 #include "executor/executor.h"
 #include "optimizer/pathnode.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/wait_event.h"
 
 #if PG_VERSION_NUM < 150000
@@ -93,6 +95,15 @@ tfdw_result_rel_user(ResultRelInfo *rri, EState *estate)
 #else
 #define tfdw_inserted_cols(root, rte) ((rte)->insertedCols)
 #define tfdw_updated_cols(root, rte) ((rte)->updatedCols)
+#endif
+
+/* A role's USAGE privilege on a foreign server: object_aclcheck from 16 on. */
+#if PG_VERSION_NUM >= 160000
+#define tfdw_server_aclcheck(serverid, roleid) \
+	object_aclcheck(ForeignServerRelationId, (serverid), (roleid), ACL_USAGE)
+#else
+#define tfdw_server_aclcheck(serverid, roleid) \
+	pg_foreign_server_aclcheck((serverid), (roleid), ACL_USAGE)
 #endif
 
 #endif							/* TASK_FDW_COMPAT_H */

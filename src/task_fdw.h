@@ -100,12 +100,16 @@ typedef struct TaskAttribute
 /*
  * Per-foreign-table mapping from its columns to task attributes, built once
  * per scan or modify.  attrs[i] describes column i + 1, or is NULL for a
- * dropped column.
+ * dropped column.  The attribute "server" shows the name of the task
+ * store's server_id; the last name looked up is kept.
  */
 typedef struct TaskColumnMap
 {
 	int			natts;
 	const TaskAttribute **attrs;
+	MemoryContext cxt;			/* where the map and server_name live */
+	Oid			server_oid;		/* server whose name is server_name, or 0 */
+	Datum		server_name;	/* text, or 0 if that server was dropped */
 } TaskColumnMap;
 
 /* One dispatcher slot in shared memory. */
@@ -242,7 +246,7 @@ extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 /* in attrs.c */
 extern const TaskAttribute *TaskAttributeLookup(const char *name);
 extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
-extern void TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
+extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
 extern void TaskStoreCheckVersion(Relation rel);
