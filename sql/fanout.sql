@@ -123,3 +123,47 @@ DROP SERVER fan_d CASCADE;
 RESET client_min_messages;
 SELECT sql, server, state FROM fan_a_tasks WHERE sql = 'SELECT 14';
 DELETE FROM fan_a_tasks WHERE sql = 'SELECT 14';
+
+-- ===================================================================
+-- observability: task_fdw.pools and task_fdw.task_stats
+-- ===================================================================
+-- queued tasks (due in an hour) keep pools in the view whether or not the
+-- dispatcher runs; its connection counts depend on timing, so they are not
+-- shown here (t/007_fanout.pl checks them)
+INSERT INTO fan_a_tasks(sql, server, run_at)
+SELECT 'SELECT 1', s, now() + interval '1 hour'
+  FROM unnest(ARRAY['fan_a', 'fan_b', 'fan_b', 'fan_c', 'fan_c', 'fan_c']) s;
+SET ROLE regress_fan;
+INSERT INTO fan_a_tasks(sql, server, run_at) VALUES ('SELECT 1', 'fan_c', now() + interval '1 hour');
+RESET ROLE;
+SELECT server, username = current_user AS mine, pool_size, queued, running
+  FROM task_fdw.pools WHERE server LIKE 'fan%' AND queued + running > 0;
+SELECT server, state, count, finished_last_minute > 0 AS finished_recently,
+       per_second = round(finished_last_minute / 60.0, 2) AS rate_per_second
+  FROM task_fdw.task_stats WHERE server LIKE 'fan%';
+-- other roles see their own pools and tasks only, monitors all of them
+SET ROLE regress_fan;
+SELECT server, username, queued FROM task_fdw.pools WHERE queued > 0;
+SELECT server, state, count FROM task_fdw.task_stats;
+RESET ROLE;
+GRANT task_fdw_monitor TO regress_fan;
+SET ROLE regress_fan;
+SELECT server, username = 'regress_fan' AS mine, queued
+  FROM task_fdw.pools WHERE server LIKE 'fan%' AND queued > 0;
+SELECT server, state, count FROM task_fdw.task_stats WHERE server LIKE 'fan%' AND state = 'queued';
+RESET ROLE;
+REVOKE task_fdw_monitor FROM regress_fan;
+-- anyone may read the views; the task store stays private
+SELECT has_table_privilege('public', 'task_fdw.pools', 'SELECT') AS pools,
+       has_table_privilege('public', 'task_fdw.task_stats', 'SELECT') AS task_stats;
+-- the launcher is in pg_stat_activity with its own backend type (the
+-- dispatcher's, its activity and wait events are checked by t/007_fanout.pl)
+SELECT backend_type FROM pg_stat_activity WHERE backend_type = 'task_fdw launcher';
+
+DELETE FROM fan_a_tasks WHERE state = 'queued';
+SET client_min_messages = warning;  -- the notices would name the superuser
+DROP SERVER fan_a, fan_b, fan_c, fan_not_tasks CASCADE;
+DROP FOREIGN DATA WRAPPER fan_other;
+RESET client_min_messages;
+DROP FUNCTION fan_try(text);
+DROP ROLE regress_fan;

@@ -59,7 +59,7 @@ static const TaskAttribute task_attributes[] = {
 	{"attempts", INT4OID, Anum_task_attempts, false, false},
 	{"batch", TEXTOID, Anum_task_batch, true, false},
 	{"notices", TEXTARRAYOID, Anum_task_notices, false, false},
-	/* The name of the server the task runs on (see server_name_datum). */
+	/* The name of the server the task runs on (see TaskColumnMapProject). */
 	{"server", TEXTOID, Anum_task_server_id, true, false},
 	{NULL, InvalidOid, InvalidAttrNumber, false, false}
 };
@@ -67,7 +67,6 @@ static const TaskAttribute task_attributes[] = {
 PG_FUNCTION_INFO_V1(task_fdw_check_table);
 
 static const char *attribute_list(void);
-static Datum server_name_datum(Oid serverid);
 
 /*
  * TaskAttributeLookup returns the attribute called name, or NULL.
@@ -142,18 +141,18 @@ TaskColumnMapBuild(Relation rel)
 }
 
 /*
- * server_name_datum returns the name of foreign server serverid as text,
- * or 0 if there is no such server (it was dropped).
+ * TaskFdwServerName returns the name of foreign server serverid, or NULL if
+ * there is no such server (it was dropped).
  */
-static Datum
-server_name_datum(Oid serverid)
+char *
+TaskFdwServerName(Oid serverid)
 {
 	HeapTuple	tup = SearchSysCache1(FOREIGNSERVEROID, ObjectIdGetDatum(serverid));
-	Datum		name;
+	char	   *name;
 
 	if (!HeapTupleIsValid(tup))
-		return (Datum) 0;
-	name = CStringGetTextDatum(NameStr(((Form_pg_foreign_server) GETSTRUCT(tup))->srvname));
+		return NULL;
+	name = pstrdup(NameStr(((Form_pg_foreign_server) GETSTRUCT(tup))->srvname));
 	ReleaseSysCache(tup);
 	return name;
 }
@@ -182,8 +181,9 @@ TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 			if (serverid != map->server_oid)
 			{
 				MemoryContext old = MemoryContextSwitchTo(map->cxt);
+				char	   *name = TaskFdwServerName(serverid);
 
-				map->server_name = server_name_datum(serverid);
+				map->server_name = name ? CStringGetTextDatum(name) : (Datum) 0;
 				map->server_oid = serverid;
 				MemoryContextSwitchTo(old);
 			}

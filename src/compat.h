@@ -34,9 +34,34 @@
 #define tfdw_my_procno() (MyProc->pgprocno)
 #endif
 
-/* Wait events: PostgreSQL 17 has named extension wait events; 15 and 16 do not. */
+/*
+ * Wait events.  PostgreSQL 17 lets an extension name its own: the
+ * dispatcher's event loop (TaskFdwDispatcher), the launcher's
+ * (TaskFdwLauncher) and a session in task_fdw.wait() (TaskFdwWait).  15 and
+ * 16 have only PG_WAIT_EXTENSION, which pg_stat_activity shows as
+ * wait_event_type and wait_event "Extension" for all three.
+ */
+#if PG_VERSION_NUM >= 170000
+#define TFDW_DEFINE_WAIT_EVENT(fn, name) \
+static inline uint32 \
+fn(void) \
+{ \
+	static uint32 id = 0; \
+	if (id == 0) \
+		id = WaitEventExtensionNew(name); \
+	return id; \
+}
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_main, "TaskFdwDispatcher")
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_launcher, "TaskFdwLauncher")
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_task, "TaskFdwWait")
+#define TFDW_WAIT_EVENT_MAIN		tfdw_wait_event_main()
+#define TFDW_WAIT_EVENT_LAUNCHER	tfdw_wait_event_launcher()
+#define TFDW_WAIT_EVENT_TASK		tfdw_wait_event_task()
+#else
 #define TFDW_WAIT_EVENT_MAIN		PG_WAIT_EXTENSION
+#define TFDW_WAIT_EVENT_LAUNCHER	PG_WAIT_EXTENSION
 #define TFDW_WAIT_EVENT_TASK		PG_WAIT_EXTENSION
+#endif
 
 /* CreateWaitEventSet takes a ResourceOwner from PostgreSQL 17 on. */
 #if PG_VERSION_NUM >= 170000

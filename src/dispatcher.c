@@ -13,7 +13,8 @@
  * start.  After the commit it sends the started tasks.  Expired finished
  * tasks are removed in small batches, one short transaction per turn at
  * most.  Nothing in the loop sleeps or blocks in libpq: connections, and the
- * cancellers that carry cancel requests, are all non-blocking.
+ * cancellers that carry cancel requests, are all non-blocking.  Before it
+ * waits, the loop publishes the status of the pools if it changed (stats.c).
  *
  * IDENTIFICATION
  *		  src/dispatcher.c
@@ -119,6 +120,8 @@ DispatcherTaskFinished(Task *task)
 {
 	task->finished_at = GetCurrentTimestamp();
 	dlist_push_tail(&finished, &task->node);
+	task->pool->tasks_finished++;
+	StatsMarkChanged();
 }
 
 /*
@@ -129,6 +132,7 @@ void
 DispatcherConnChanged(void)
 {
 	conns_changed = true;
+	StatsMarkChanged();
 }
 
 /*
@@ -137,6 +141,7 @@ DispatcherConnChanged(void)
 static void
 dispatcher_exit(int code, Datum arg)
 {
+	StatsDetach();
 	PoolCloseAll();
 	if (my_slot)
 		TaskFdwSlotDetach(my_slot, false);
@@ -201,6 +206,7 @@ TaskFdwDispatcherMain(Datum main_arg)
 	ereport(LOG,
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
+	StatsAttach(my_slot);
 	if (interrupted > 0)
 		ereport(LOG,
 				(errmsg("task_fdw marked %d interrupted tasks as failed", interrupted)));
@@ -273,11 +279,15 @@ dispatcher_loop(void)
 			if (TaskFdwSlotIdleExit(my_slot))
 			{
 				my_slot = NULL;
+				ereport(LOG,
+						(errmsg("task_fdw dispatcher for database \"%s\" exiting: it had nothing to do for task_fdw.idle_timeout",
+								my_dbname)));
 				proc_exit(0);
 			}
 			continue;
 		}
 
+		StatsPublish();
 		update_wait_set();
 		nevents = WaitEventSetWait(wait_set, next_timeout(GetCurrentTimestamp()),
 								   events, MAX_EVENTS, TFDW_WAIT_EVENT_MAIN);
@@ -512,13 +522,18 @@ bookkeeping(TimestampTz now)
 		PoolConnect(pool);
 	}
 
+	if (!dlist_is_empty(&starting))
+		StatsMarkChanged();
 	dlist_foreach_modify(iter, &starting)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 
 		dlist_delete(&task->node);
 		if (QueueRecordStart(task))
+		{
+			task->pool->tasks_started++;
 			dlist_push_tail(&sendable, &task->node);
+		}
 		else
 		{
 			/* Cancelled, deleted, postponed or locked: free the connection. */

@@ -112,6 +112,29 @@ typedef struct TaskColumnMap
 	Datum		server_name;	/* text, or 0 if that server was dropped */
 } TaskColumnMap;
 
+/* Pools a dispatcher publishes the status of (see stats.c). */
+#define TFDW_MAX_POOL_STATS		64
+/* Bytes kept of a pool's last error message, with its terminating zero. */
+#define TFDW_POOL_ERROR_LEN		256
+
+/* The status of one pool, as its dispatcher last published it. */
+typedef struct TaskFdwPoolStats
+{
+	Oid			serverid;
+	Oid			userid;
+	int			pool_size;
+	int			busy;			/* connections with a task */
+	int			idle;			/* connections without one */
+	int			connecting;		/* connections being opened */
+	int			waiting;		/* tasks claimed, waiting for a connection */
+	TimestampTz down_since;		/* unreachable since then, or 0 */
+	TimestampTz last_error_at;	/* when last_error happened, or 0 */
+	uint64		started;		/* attempts started by this dispatcher */
+	uint64		finished;		/* attempts ended, also without starting */
+	char		last_error[TFDW_POOL_ERROR_LEN];	/* why the last connection
+													 * attempt failed, or "" */
+} TaskFdwPoolStats;
+
 /* One dispatcher slot in shared memory. */
 typedef struct DispatcherSlot
 {
@@ -122,6 +145,13 @@ typedef struct DispatcherSlot
 	bool		clean_exit;		/* the last one exited on purpose: restart at once */
 	pg_atomic_uint32 work_pending;	/* set by committing submitters */
 	pg_atomic_uint32 cancel_pending;	/* set when running tasks are cancelled */
+
+	/* Published by a dispatcher, read by pool_status() (see stats.c). */
+	LWLock	   *stats_lock;		/* protects the fields below */
+	pid_t		stats_pid;		/* the dispatcher that published them, or 0 */
+	int			npools;			/* entries of pools in use */
+	int			pools_omitted;	/* pools beyond TFDW_MAX_POOL_STATS */
+	TaskFdwPoolStats pools[TFDW_MAX_POOL_STATS];
 } DispatcherSlot;
 
 /* The shared state of task_fdw, one per cluster. */
@@ -252,6 +282,7 @@ extern Oid	TaskStoreRelid(void);
 extern void TaskStoreCheckVersion(Relation rel);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
+extern char *TaskFdwServerName(Oid serverid);
 extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,
 									 Oid serverOid);
 
@@ -267,6 +298,7 @@ extern void TaskFdwShmemStartup(void);
 extern void TaskFdwRequestDispatcher(int what);
 extern void TaskFdwXactCallback(XactEvent event, void *arg);
 extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
+extern DispatcherSlot *TaskFdwFindSlot(Oid dboid);
 extern bool TaskFdwSlotIdleExit(DispatcherSlot *slot);
 extern void TaskFdwSlotDetach(DispatcherSlot *slot, bool forget);
 extern void TaskFdwSetProcLatch(int procno);
