@@ -327,8 +327,15 @@ bookkeeping_needed(TimestampTz now)
 	{
 		TimestampTz attention = PoolNextAttention(pool);
 
+		/*
+		 * Held tasks without a connection, in a pool neither down nor at a
+		 * connection limit: PoolRetireIdle closed the connections opened
+		 * for them, out of date after a catalog change.
+		 */
 		if ((pool->has_queued && PoolCapacity(pool) > 0 && pool->down_since == 0) ||
 			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)) ||
+			(pool->nheld > 0 && pool->nconns == 0 && pool->down_since == 0 &&
+			 now >= pool->blocked_until) ||
 			(attention != 0 && now >= attention))
 		{
 			hash_seq_term(&status);

@@ -75,6 +75,15 @@ sub wait_batch
 		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '60s')");
 }
 
+# Waits at most $timeout for the tasks of batch $batch, and returns how many
+# are done then.
+sub wait_batch_within
+{
+	my ($batch, $timeout) = @_;
+	return $node1->safe_psql('postgres',
+		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '$timeout')");
+}
+
 # The most tasks that ran at once on $node, from the intervals they logged.
 sub max_overlap
 {
@@ -257,6 +266,36 @@ $log = substr(slurp_file($node1->logfile), $log_offset);
 @down = $log =~ /task_fdw cannot reach server "s3"/g;
 @up = $log =~ /task_fdw reached server "s3" again/g;
 is(scalar(@down) . ' ' . scalar(@up), '1 1', 'the log says once that s3 is down, and once that it is back');
+
+# --- A catalog change while connections are being opened.  Once open,
+# they are out of date and closed; the tasks waiting for them must get new
+# ones at once, not at the dispatcher's next periodic look at the queue
+# (task_fdw.recheck_interval, 10 s).  node3 is frozen so that the
+# connections stay being opened until the dispatcher has taken the change in.
+$node1->safe_psql('postgres', 'ALTER SERVER s3 OPTIONS (DROP connect_timeout)');
+$node3->safe_psql('postgres', q{
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'task_fdw task %'});
+ok($node1->poll_query_until('postgres', "SELECT open = 0 FROM task_fdw.pools WHERE server = 's3'"),
+	"node3's pooled connections are gone");
+$frozen = $node3->{_pid};
+kill 'STOP', $frozen;
+$node1->safe_psql('postgres',
+	"INSERT INTO tasks(sql, server, batch) SELECT 'SELECT 1', 's3', 'b4' FROM generate_series(1, 10)");
+ok($node1->poll_query_until('postgres', q{
+SELECT connecting = 2 AND open = 0 AND queued = 10 FROM task_fdw.pools WHERE server = 's3'}),
+	'with node3 frozen, its 2 connections are being opened');
+$node1->safe_psql('postgres', "ALTER SERVER s3 OPTIONS (ADD keepalives '1')");
+# A task on s1 makes the dispatcher take the change in.
+my $s1_task = $node1->safe_psql('postgres',
+	"INSERT INTO tasks(sql, server) VALUES ('SELECT 1', 's1') RETURNING id");
+is($node1->safe_psql('postgres', "SELECT task_fdw.wait($s1_task, '60s')"), 'done',
+	'after the catalog change, the dispatcher ran a task on s1');
+kill 'CONT', $frozen;
+$frozen = undef;
+$start = time();
+is(wait_batch_within('b4', '5s'), '10',
+	'once node3 runs again, its 10 tasks run on new connections without waiting for a recheck');
+diag(sprintf('they ran in %.2f s', time() - $start));
 
 $node1->stop;
 $node2->stop;
