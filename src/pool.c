@@ -297,16 +297,15 @@ PoolConnect(Pool *pool)
 
 /*
  * pool_note_names keeps the names of pool's server and role, as of now, for
- * log messages written outside transactions, and for nothing else.
+ * the log messages about the pool, which are written outside transactions.
+ * Called whenever the pool is about to open connections, so that renames
+ * show.
  */
 static void
 pool_note_names(Pool *pool, ForeignServer *server)
 {
-	char	   *role;
+	char	   *role = GetUserNameFromId(pool->key.userid, true);
 
-	if (pool->server_name[0] != '\0' && !pool->invalidated)
-		return;
-	role = GetUserNameFromId(pool->key.userid, true);
 	strlcpy(pool->server_name, server->servername, sizeof(pool->server_name));
 	strlcpy(pool->role_name, role ? role : "?", sizeof(pool->role_name));
 }

@@ -13,7 +13,7 @@
  * every pool under the slot's own lock if the flag is set.  A turn that
  * changed nothing costs a test of the flag.  At most TFDW_MAX_POOL_STATS
  * pools are published, those in use (with connections, claimed or queued
- * tasks, or unreachable) first; pools_omitted counts the others.
+ * tasks, or unreachable) first; the others still count in the activity.
  * StatsPublish also reports a one-line summary as the dispatcher's activity
  * in pg_stat_activity, when the summary changes.
  *
@@ -117,7 +117,6 @@ StatsAttach(DispatcherSlot *slot)
 	LWLockAcquire(slot->stats_lock, LW_EXCLUSIVE);
 	slot->stats_pid = MyProcPid;
 	slot->npools = 0;
-	slot->pools_omitted = 0;
 	LWLockRelease(slot->stats_lock);
 	stats_slot = slot;
 	StatsChanged = true;
@@ -137,7 +136,6 @@ StatsDetach(void)
 	{
 		stats_slot->stats_pid = 0;
 		stats_slot->npools = 0;
-		stats_slot->pools_omitted = 0;
 	}
 	LWLockRelease(stats_slot->stats_lock);
 	stats_slot = NULL;
@@ -191,11 +189,12 @@ StatsPublish(void)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
+	TaskFdwPoolStats *entry;
+	TaskFdwPoolStats scratch;
 	int			n = 0;
 	int			omitted = 0;
 	int			running = 0;
 	int			waiting = 0;
-	int			npools = 0;
 	int			down = 0;
 	int			pass;
 
@@ -214,28 +213,27 @@ StatsPublish(void)
 
 			if (in_use != (pass == 0))
 				continue;
-			if (n == TFDW_MAX_POOL_STATS)
+			if (n < TFDW_MAX_POOL_STATS)
+				entry = &staged[n++];
+			else
 			{
+				entry = &scratch;	/* left out, but counted in the activity */
 				omitted++;
-				continue;
 			}
-			stage_pool(&staged[n], pool);
-			running += staged[n].busy;
-			waiting += staged[n].waiting;
-			npools++;
+			stage_pool(entry, pool);
+			running += entry->busy;
+			waiting += entry->waiting;
 			if (pool->down_since != 0)
 				down++;
-			n++;
 		}
 	}
 
 	LWLockAcquire(stats_slot->stats_lock, LW_EXCLUSIVE);
 	memcpy(stats_slot->pools, staged, sizeof(TaskFdwPoolStats) * n);
 	stats_slot->npools = n;
-	stats_slot->pools_omitted = omitted;
 	LWLockRelease(stats_slot->stats_lock);
 
-	report_activity(running, waiting, npools + omitted, down);
+	report_activity(running, waiting, n + omitted, down);
 }
 
 /*

@@ -150,7 +150,6 @@ typedef struct DispatcherSlot
 	LWLock	   *stats_lock;		/* protects the fields below */
 	pid_t		stats_pid;		/* the dispatcher that published them, or 0 */
 	int			npools;			/* entries of pools in use */
-	int			pools_omitted;	/* pools beyond TFDW_MAX_POOL_STATS */
 	TaskFdwPoolStats pools[TFDW_MAX_POOL_STATS];
 } DispatcherSlot;
 
