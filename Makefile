@@ -4,10 +4,11 @@
 MODULE_big = task_fdw
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 EXTENSION = task_fdw
-DATA = task_fdw--1.0.sql task_fdw--1.1.sql task_fdw--1.0--1.1.sql
+DATA = task_fdw--1.0.sql task_fdw--1.1.sql task_fdw--1.2.sql \
+	task_fdw--1.0--1.1.sql task_fdw--1.1--1.2.sql
 PGFILEDESC = "task_fdw - run SQL statements as background tasks"
 
-REGRESS = setup options tables submit execution control security bad_input
+REGRESS = setup options tables submit execution control security bad_input fanout
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/task_fdw.conf
 ISOLATION = visibility cancel
 ISOLATION_OPTS = --temp-instance=./tmp_iso --temp-config=$(srcdir)/test/task_fdw.conf

@@ -17,8 +17,10 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_foreign_server.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "fmgr.h"
@@ -27,6 +29,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "task_fdw.h"
 
@@ -56,6 +59,8 @@ static const TaskAttribute task_attributes[] = {
 	{"attempts", INT4OID, Anum_task_attempts, false, false},
 	{"batch", TEXTOID, Anum_task_batch, true, false},
 	{"notices", TEXTARRAYOID, Anum_task_notices, false, false},
+	/* The name of the server the task runs on (see TaskColumnMapProject). */
+	{"server", TEXTOID, Anum_task_server_id, true, false},
 	{NULL, InvalidOid, InvalidAttrNumber, false, false}
 };
 
@@ -106,6 +111,9 @@ TaskColumnMapBuild(Relation rel)
 
 	map->natts = tupdesc->natts;
 	map->attrs = palloc0(sizeof(TaskAttribute *) * tupdesc->natts);
+	map->cxt = CurrentMemoryContext;
+	map->server_oid = InvalidOid;
+	map->server_name = (Datum) 0;
 	for (i = 0; i < tupdesc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
@@ -133,11 +141,29 @@ TaskColumnMapBuild(Relation rel)
 }
 
 /*
+ * TaskFdwServerName returns the name of foreign server serverid, or NULL if
+ * there is no such server (it was dropped).
+ */
+char *
+TaskFdwServerName(Oid serverid)
+{
+	HeapTuple	tup = SearchSysCache1(FOREIGNSERVEROID, ObjectIdGetDatum(serverid));
+	char	   *name;
+
+	if (!HeapTupleIsValid(tup))
+		return NULL;
+	name = pstrdup(NameStr(((Form_pg_foreign_server) GETSTRUCT(tup))->srvname));
+	ReleaseSysCache(tup);
+	return name;
+}
+
+/*
  * TaskColumnMapProject fills values and nulls, one per column of the
  * foreign table, from a task store row (store_values and store_nulls).
+ * The server's name is looked up when it differs from the last row's.
  */
 void
-TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
+TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 					 const bool *store_nulls, Datum *values, bool *nulls)
 {
 	int			i;
@@ -148,6 +174,22 @@ TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
 
 		nulls[i] = attr == NULL || store_nulls[attr->task_attnum - 1];
 		values[i] = nulls[i] ? (Datum) 0 : store_values[attr->task_attnum - 1];
+		if (!nulls[i] && attr->task_attnum == Anum_task_server_id)
+		{
+			Oid			serverid = DatumGetObjectId(values[i]);
+
+			if (serverid != map->server_oid)
+			{
+				MemoryContext old = MemoryContextSwitchTo(map->cxt);
+				char	   *name = TaskFdwServerName(serverid);
+
+				map->server_name = name ? CStringGetTextDatum(name) : (Datum) 0;
+				map->server_oid = serverid;
+				MemoryContextSwitchTo(old);
+			}
+			values[i] = map->server_name;
+			nulls[i] = map->server_name == (Datum) 0;
+		}
 	}
 }
 

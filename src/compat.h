@@ -15,10 +15,12 @@
 #ifndef TASK_FDW_COMPAT_H
 #define TASK_FDW_COMPAT_H
 
+#include "catalog/pg_foreign_server.h"
 #include "executor/executor.h"
 #include "optimizer/pathnode.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/wait_event.h"
 
 #if PG_VERSION_NUM < 150000
@@ -32,9 +34,34 @@
 #define tfdw_my_procno() (MyProc->pgprocno)
 #endif
 
-/* Wait events: PostgreSQL 17 has named extension wait events; 15 and 16 do not. */
+/*
+ * Wait events.  PostgreSQL 17 lets an extension name its own: the
+ * dispatcher's event loop (TaskFdwDispatcher), the launcher's
+ * (TaskFdwLauncher) and a session in task_fdw.wait() (TaskFdwWait).  15 and
+ * 16 have only PG_WAIT_EXTENSION, which pg_stat_activity shows as
+ * wait_event_type and wait_event "Extension" for all three.
+ */
+#if PG_VERSION_NUM >= 170000
+#define TFDW_DEFINE_WAIT_EVENT(fn, name) \
+static inline uint32 \
+fn(void) \
+{ \
+	static uint32 id = 0; \
+	if (id == 0) \
+		id = WaitEventExtensionNew(name); \
+	return id; \
+}
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_main, "TaskFdwDispatcher")
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_launcher, "TaskFdwLauncher")
+TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_task, "TaskFdwWait")
+#define TFDW_WAIT_EVENT_MAIN		tfdw_wait_event_main()
+#define TFDW_WAIT_EVENT_LAUNCHER	tfdw_wait_event_launcher()
+#define TFDW_WAIT_EVENT_TASK		tfdw_wait_event_task()
+#else
 #define TFDW_WAIT_EVENT_MAIN		PG_WAIT_EXTENSION
+#define TFDW_WAIT_EVENT_LAUNCHER	PG_WAIT_EXTENSION
 #define TFDW_WAIT_EVENT_TASK		PG_WAIT_EXTENSION
+#endif
 
 /* CreateWaitEventSet takes a ResourceOwner from PostgreSQL 17 on. */
 #if PG_VERSION_NUM >= 170000
@@ -93,6 +120,15 @@ tfdw_result_rel_user(ResultRelInfo *rri, EState *estate)
 #else
 #define tfdw_inserted_cols(root, rte) ((rte)->insertedCols)
 #define tfdw_updated_cols(root, rte) ((rte)->updatedCols)
+#endif
+
+/* A role's USAGE privilege on a foreign server: object_aclcheck from 16 on. */
+#if PG_VERSION_NUM >= 160000
+#define tfdw_server_aclcheck(serverid, roleid) \
+	object_aclcheck(ForeignServerRelationId, (serverid), (roleid), ACL_USAGE)
+#else
+#define tfdw_server_aclcheck(serverid, roleid) \
+	pg_foreign_server_aclcheck((serverid), (roleid), ACL_USAGE)
 #endif
 
 #endif							/* TASK_FDW_COMPAT_H */

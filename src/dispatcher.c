@@ -13,7 +13,8 @@
  * start.  After the commit it sends the started tasks.  Expired finished
  * tasks are removed in small batches, one short transaction per turn at
  * most.  Nothing in the loop sleeps or blocks in libpq: connections, and the
- * cancellers that carry cancel requests, are all non-blocking.
+ * cancellers that carry cancel requests, are all non-blocking.  Before it
+ * waits, the loop publishes the status of the pools if it changed (stats.c).
  *
  * IDENTIFICATION
  *		  src/dispatcher.c
@@ -130,6 +131,8 @@ DispatcherTaskFinished(Task *task)
 	if (dlist_is_empty(&finished))
 		first_finished_at = task->finished_at;
 	dlist_push_tail(&finished, &task->node);
+	task->pool->tasks_finished++;
+	StatsMarkChanged();
 }
 
 /*
@@ -140,6 +143,7 @@ void
 DispatcherConnChanged(void)
 {
 	conns_changed = true;
+	StatsMarkChanged();
 }
 
 /*
@@ -148,6 +152,7 @@ DispatcherConnChanged(void)
 static void
 dispatcher_exit(int code, Datum arg)
 {
+	StatsDetach();
 	PoolCloseAll();
 	if (my_slot)
 		TaskFdwSlotDetach(my_slot, false);
@@ -222,6 +227,7 @@ TaskFdwDispatcherMain(Datum main_arg)
 	ereport(LOG,
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
+	StatsAttach(my_slot);
 	if (interrupted > 0)
 		ereport(LOG,
 				(errmsg("task_fdw marked %d interrupted tasks as failed", interrupted)));
@@ -294,11 +300,15 @@ dispatcher_loop(void)
 			if (TaskFdwSlotIdleExit(my_slot))
 			{
 				my_slot = NULL;
+				ereport(LOG,
+						(errmsg("task_fdw dispatcher for database \"%s\" exiting: it had nothing to do for task_fdw.idle_timeout",
+								my_dbname)));
 				proc_exit(0);
 			}
 			continue;
 		}
 
+		StatsPublish();
 		update_wait_set();
 		nevents = WaitEventSetWait(wait_set, next_timeout(GetCurrentTimestamp()),
 								   events, MAX_EVENTS, TFDW_WAIT_EVENT_MAIN);
@@ -342,8 +352,15 @@ bookkeeping_needed(TimestampTz now)
 	{
 		TimestampTz attention = PoolNextAttention(pool);
 
+		/*
+		 * Held tasks without a connection, in a pool neither down nor at a
+		 * connection limit: PoolRetireIdle closed the connections opened
+		 * for them, out of date after a catalog change.
+		 */
 		if ((pool->has_queued && PoolCapacity(pool) > 0 && pool->down_since == 0) ||
 			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)) ||
+			(pool->nheld > 0 && pool->nconns == 0 && pool->down_since == 0 &&
+			 now >= pool->blocked_until) ||
 			(attention != 0 && now >= attention))
 		{
 			hash_seq_term(&status);
@@ -585,6 +602,7 @@ bookkeeping(TimestampTz now)
 		List	   *tasks = NIL;
 		ListCell   *lc;
 
+		StatsMarkChanged();
 		while (!dlist_is_empty(&starting))
 			tasks = lappend(tasks, dlist_container(Task, node, dlist_pop_head_node(&starting)));
 		QueueRecordStarts(tasks);
@@ -593,7 +611,10 @@ bookkeeping(TimestampTz now)
 			Task	   *task = lfirst(lc);
 
 			if (task->recorded)
+			{
+				task->pool->tasks_started++;
 				dlist_push_tail(&sendable, &task->node);
+			}
 			else
 			{
 				/* Cancelled, deleted, postponed or locked: free the connection. */

@@ -147,6 +147,14 @@ typedef struct Pool
 	int64		cursor_id;
 	bool		require_password;	/* connections must have used the password */
 	bool		invalidated;	/* server or mapping changed: reconnect */
+
+	/* For logs and task_fdw.pools (stats.c) */
+	char		server_name[NAMEDATALEN];	/* as of the last connection */
+	char		role_name[NAMEDATALEN];
+	TimestampTz last_error_at;	/* when last_error was set, or 0 */
+	bool		refused;		/* a refusal was logged since the last success */
+	uint64		tasks_started;	/* attempts whose start was recorded */
+	uint64		tasks_finished; /* attempts that ended, also before starting */
 } Pool;
 
 /* in dispatcher.c */
@@ -171,6 +179,7 @@ extern void PoolCloseAll(void);
 extern void PoolStartCancel(Pool *pool, int remote_pid);
 extern void PoolUnreachable(Pool *pool, const char *message);
 extern void PoolReachable(Pool *pool);
+extern void PoolRefused(Pool *pool, const char *message);
 extern TimestampTz PoolNextAttention(Pool *pool);
 
 /* in task_exec.c */
@@ -183,6 +192,14 @@ extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *mes
 extern void TaskFailFromConn(Task *task, PGconn *conn, const char *sqlstate);
 extern const char *TaskResolveOutcome(Task *task);
 extern char *ConnErrorMessage(PGconn *pgconn, char *sqlstate);
+
+/* in stats.c */
+extern bool StatsChanged;
+/* Pool status changed: publish it before the dispatcher next waits. */
+#define StatsMarkChanged() (StatsChanged = true)
+extern void StatsAttach(DispatcherSlot *slot);
+extern void StatsPublish(void);
+extern void StatsDetach(void);
 
 /* in queue.c */
 /* What QueueBegin found. */

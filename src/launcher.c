@@ -295,7 +295,7 @@ TaskFdwLauncherMain(Datum main_arg)
 		timeout = start_wanted_dispatchers(locals);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout >= 0 ? WL_TIMEOUT : 0),
-						 timeout, TFDW_WAIT_EVENT_MAIN);
+						 timeout, TFDW_WAIT_EVENT_LAUNCHER);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -6,10 +6,14 @@
  *
  * INSERT: each row becomes a queued task in the task store, written in the
  * inserting transaction, so a rolled-back INSERT leaves nothing.  The
- * writable attributes (sql, priority, run_at, timeout, max_attempts, batch)
- * may be given; those left out or null take the foreign table's option,
- * then the server's, then the built-in default.  COPY into the foreign
- * table submits tasks the same way.
+ * writable attributes (sql, server, priority, run_at, timeout, max_attempts,
+ * batch) may be given; those left out or null take the foreign table's
+ * option, then the task's server's, then the built-in default.  A task runs
+ * on the server its "server" value names (fan-out), or on the table's own
+ * server; each server a statement submits to is checked once (that it is a
+ * task_fdw server, the submitter's USAGE on it unless it is the table's own,
+ * the user mapping and its password) and its defaults read once.  COPY into
+ * the foreign table submits tasks the same way.
  *
  * UPDATE: "SET state = 'cancelled'" cancels a task: a queued one is
  * cancelled at once, a running one is marked so that the dispatcher sends a
@@ -46,6 +50,7 @@
 #include "optimizer/appendinfo.h"
 #include "optimizer/planmain.h"
 #include "parser/parsetree.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -55,18 +60,35 @@
 #include "task_fdw.h"
 #include "compat.h"
 
+/*
+ * A server that an INSERT or COPY submits tasks to, checked, with the
+ * defaults of its tasks: looked up once per statement.
+ */
+typedef struct TaskTarget
+{
+	char	   *name;			/* as the "server" column named it, or NULL */
+	int			namelen;
+	Oid			serverid;
+	TaskDefaults defaults;
+	Datum		retry_sqlstates;	/* text[] from the options, or 0 */
+} TaskTarget;
+
 /* Executor state of a modification of a foreign table. */
 typedef struct TaskModifyState
 {
 	TaskColumnMap *map;
-	Oid			serverid;
+	Oid			serverid;		/* the foreign table's server */
 	Oid			userid;			/* the submitter */
 
 	/* INSERT and COPY */
 	AttrNumber	sql_attno;		/* the foreign table's "sql" column */
+	AttrNumber	server_attno;	/* its "server" column, or 0 */
 	char	   *submitted_by;
-	TaskDefaults defaults;
-	Datum		retry_sqlstates;	/* text[] from the options, or 0 */
+	ForeignTable *table;
+	MemoryContext cxt;			/* the statement's: targets live there */
+	TaskTarget *own;			/* the table's server, once used */
+	List	   *targets;		/* of TaskTarget: servers named so far */
+	TaskTarget *last;			/* the one the last row named */
 	TaskInsertState *insert;
 
 	/* UPDATE and DELETE */
@@ -79,6 +101,9 @@ typedef struct TaskModifyState
 } TaskModifyState;
 
 static TaskModifyState *begin_insert(ResultRelInfo *rinfo, EState *estate);
+static TaskTarget *task_target(TaskModifyState *state, Datum name);
+static TaskTarget *new_target(TaskModifyState *state, ForeignServer *server,
+							  const char *name, bool check_usage);
 static AttrNumber find_column(TaskColumnMap *map, AttrNumber task_attnum);
 static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
@@ -135,7 +160,7 @@ check_read_only(Relation rel, const TaskAttribute *attr)
 				 errmsg("cannot set column \"%s\" of foreign table \"%s\"",
 						attr->name, RelationGetRelationName(rel)),
 				 errdetail("Column \"%s\" is a read-only task attribute.", attr->name),
-				 errhint("A task can be submitted with sql, priority, run_at, timeout, max_attempts and batch.")));
+				 errhint("A task can be submitted with sql, server, priority, run_at, timeout, max_attempts and batch.")));
 }
 
 /*
@@ -244,41 +269,128 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 
 /*
  * begin_insert prepares to submit tasks through rinfo's foreign table: it
- * resolves the submitter, checks their user mapping (so that a missing one,
- * or one without the password a non-superuser needs, fails the INSERT rather
- * than the task) and reads the attribute defaults.
+ * resolves the submitter and finds the table's columns.  The servers the
+ * tasks go to are checked as rows name them (task_target).
  */
 static TaskModifyState *
 begin_insert(ResultRelInfo *rinfo, EState *estate)
 {
 	Relation	rel = rinfo->ri_RelationDesc;
 	TaskModifyState *state = palloc0(sizeof(TaskModifyState));
-	ForeignTable *table = GetForeignTable(RelationGetRelid(rel));
-	ForeignServer *server;
 
 	TaskFdwCheckPreloaded();
 	state->map = TaskColumnMapBuild(rel);
 	state->sql_attno = sql_column(rel, state->map);
-	state->serverid = table->serverid;
+	state->server_attno = find_column(state->map, Anum_task_server_id);
+	state->table = GetForeignTable(RelationGetRelid(rel));
+	state->serverid = state->table->serverid;
 	state->userid = tfdw_result_rel_user(rinfo, estate);
 	state->submitted_by = GetUserNameFromId(state->userid, false);
-	server = GetForeignServer(state->serverid);
-	TaskFdwCheckPassword(server, GetUserMapping(state->userid, state->serverid));
-	TaskFdwGetTaskDefaults(table, server, &state->defaults);
-	if (state->defaults.retry_sqlstates != NIL)
-	{
-		Datum	   *elems = palloc(sizeof(Datum) * list_length(state->defaults.retry_sqlstates));
-		ListCell   *lc;
-		int			n = 0;
-
-		foreach(lc, state->defaults.retry_sqlstates)
-			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-		state->retry_sqlstates = PointerGetDatum(construct_array(elems, n, TEXTOID, -1,
-																 false, TYPALIGN_INT));
-	}
+	state->cxt = CurrentMemoryContext;
 	TaskFdwRequestDispatcher(TFDW_XACT_SUBMITTED);
 	state->insert = TaskStoreBeginInsert(estate);
 	return state;
+}
+
+/*
+ * task_target returns the server a row's task goes to: the one its "server"
+ * value name (a text Datum) names, or the table's own server when name is 0.
+ * Each is looked up and checked on first use in the statement only, so a
+ * multi-row INSERT or a COPY does not repeat catalog lookups for every row.
+ */
+static TaskTarget *
+task_target(TaskModifyState *state, Datum name)
+{
+	text	   *value;
+	const char *data;
+	int			len;
+	ListCell   *lc;
+	char	   *cname;
+	ForeignServer *server;
+
+	if (name == (Datum) 0)
+	{
+		if (state->own == NULL)
+			state->own = new_target(state, GetForeignServer(state->serverid), NULL, false);
+		return state->own;
+	}
+
+	value = DatumGetTextPP(name);
+	data = VARDATA_ANY(value);
+	len = VARSIZE_ANY_EXHDR(value);
+#define TARGET_IS(t, d, l) ((t)->namelen == (l) && memcmp((t)->name, (d), (l)) == 0)
+	if (state->last != NULL && TARGET_IS(state->last, data, len))
+		return state->last;
+	foreach(lc, state->targets)
+	{
+		TaskTarget *target = lfirst(lc);
+
+		if (TARGET_IS(target, data, len))
+			return state->last = target;
+	}
+#undef TARGET_IS
+
+	cname = text_to_cstring(value);
+	server = GetForeignServerByName(cname, true);
+	if (server == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("server \"%s\" does not exist", cname)));
+	/* Naming the table's own server is the same as leaving it out. */
+	state->last = new_target(state, server, cname, server->serverid != state->serverid);
+	return state->last;
+}
+
+/*
+ * new_target checks that tasks may be submitted to server, as the server
+ * of a row's task, and reads the defaults of its tasks.  check_usage asks
+ * for the submitter's USAGE privilege on it, needed for any server but the
+ * table's own.  The user mapping is needed, with the password that roles
+ * other than superusers must have, so that a missing one fails the INSERT
+ * rather than the task.  A target with a name is kept for later rows.
+ */
+static TaskTarget *
+new_target(TaskModifyState *state, ForeignServer *server, const char *name,
+		   bool check_usage)
+{
+	MemoryContext old = MemoryContextSwitchTo(state->cxt);
+	TaskTarget *target = palloc0(sizeof(TaskTarget));
+	TaskDefaults *defaults = &target->defaults;
+
+	if (!IsTaskFdwServer(server->serverid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("server \"%s\" is not a task_fdw server", server->servername),
+				 errdetail("Tasks can only run on servers of the foreign-data wrapper task_fdw.")));
+	if (check_usage)
+	{
+		AclResult	aclresult = tfdw_server_aclcheck(server->serverid, state->userid);
+
+		if (aclresult != ACLCHECK_OK)
+			aclcheck_error(aclresult, OBJECT_FOREIGN_SERVER, server->servername);
+	}
+	TaskFdwCheckPassword(server, GetUserMapping(state->userid, server->serverid));
+	TaskFdwGetTaskDefaults(state->table, server, defaults);
+	if (defaults->retry_sqlstates != NIL)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * list_length(defaults->retry_sqlstates));
+		ListCell   *lc;
+		int			n = 0;
+
+		foreach(lc, defaults->retry_sqlstates)
+			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+		target->retry_sqlstates = PointerGetDatum(construct_array(elems, n, TEXTOID, -1,
+																  false, TYPALIGN_INT));
+	}
+	target->serverid = server->serverid;
+	if (name != NULL)
+	{
+		target->name = pstrdup(name);
+		target->namelen = strlen(name);
+		state->targets = lappend(state->targets, target);
+	}
+	MemoryContextSwitchTo(old);
+	return target;
 }
 
 /*
@@ -355,7 +467,8 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 					  TupleTableSlot *slot, TupleTableSlot *planSlot)
 {
 	TaskModifyState *state = rinfo->ri_FdwState;
-	TaskDefaults *defaults = &state->defaults;
+	TaskTarget *target;
+	TaskDefaults *defaults;
 	Relation	rel = rinfo->ri_RelationDesc;
 	TaskSubmission sub;
 	Datum		store_values[Natts_task];
@@ -363,8 +476,16 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	char	   *sqltext;
 	int			i;
 
+	slot_getallattrs(slot);
+	target = task_target(state,
+						 state->server_attno == 0 ||
+						 slot->tts_isnull[state->server_attno - 1] ? (Datum) 0 :
+						 slot->tts_values[state->server_attno - 1]);
+	defaults = &target->defaults;
+
 	memset(&sub, 0, sizeof(sub));
-	sub.serverid = state->serverid;
+	sub.serverid = target->serverid;
+	sub.origin_serverid = state->serverid;
 	sub.userid = state->userid;
 	sub.submitted_by = state->submitted_by;
 	sub.submitted_at = GetCurrentTransactionStartTimestamp();
@@ -372,11 +493,10 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	sub.timeout = defaults->timeout;
 	sub.max_attempts = defaults->max_attempts;
 	sub.batch = defaults->batch ? CStringGetTextDatum(defaults->batch) : (Datum) 0;
-	sub.retry_sqlstates = state->retry_sqlstates;
+	sub.retry_sqlstates = target->retry_sqlstates;
 	sub.retry_delay = defaults->retry_delay;
 	sub.retry_interrupted = defaults->retry_interrupted;
 
-	slot_getallattrs(slot);
 	for (i = 0; i < state->map->natts; i++)
 	{
 		const TaskAttribute *attr = state->map->attrs[i];
@@ -437,6 +557,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 #define SET_COLUMN(anum, datum) \
 	(store_values[(anum) - 1] = (datum), store_nulls[(anum) - 1] = false)
 	SET_COLUMN(Anum_task_id, Int64GetDatum(TaskStoreInsert(state->insert, &sub)));
+	SET_COLUMN(Anum_task_server_id, ObjectIdGetDatum(sub.serverid));
 	SET_COLUMN(Anum_task_sql, sub.sql);
 	SET_COLUMN(Anum_task_state, CStringGetTextDatum(TFDW_STATE_QUEUED));
 	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(sub.submitted_by));

@@ -41,6 +41,7 @@ static void pool_expire_held(Pool *pool, TimestampTz now);
 static void pool_close_idle_elsewhere(Pool *pool);
 static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
 							int cancel_pid);
+static void pool_note_names(Pool *pool, ForeignServer *server);
 
 /*
  * PoolInit creates the pool table and registers the catalog callbacks.
@@ -118,6 +119,13 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->has_queued = true;
 		pool->cursor_valid = false;
 		pool->invalidated = false;
+		pool->server_name[0] = '\0';
+		pool->role_name[0] = '\0';
+		pool->last_error_at = 0;
+		pool->refused = false;
+		pool->tasks_started = 0;
+		pool->tasks_finished = 0;
+		StatsMarkChanged();
 	}
 	return pool;
 }
@@ -255,6 +263,7 @@ PoolConnect(Pool *pool)
 		return;
 	}
 	pool->require_password = TaskFdwPasswordRequired(user);
+	pool_note_names(pool, server);
 	TaskFdwGetServerOptions(server, &opts);
 	pool->pool_size = opts.pool_size;
 	pool->connect_timeout = opts.connect_timeout;
@@ -288,12 +297,27 @@ PoolConnect(Pool *pool)
 }
 
 /*
+ * pool_note_names keeps the names of pool's server and role, as of now, for
+ * the log messages about the pool, which are written outside transactions.
+ * Called whenever the pool is about to open connections, so that renames
+ * show.
+ */
+static void
+pool_note_names(Pool *pool, ForeignServer *server)
+{
+	char	   *role = GetUserNameFromId(pool->key.userid, true);
+
+	strlcpy(pool->server_name, server->servername, sizeof(pool->server_name));
+	strlcpy(pool->role_name, role ? role : "?", sizeof(pool->role_name));
+}
+
+/*
  * PoolUnreachable notes that a connection to pool's server could not be
  * made for a reason that may pass (the server is down, starting, refusing
  * connections or slow to answer), with libpq's message.  The pool's held
  * tasks stay queued; it tries again after a pause that doubles up to ten
  * seconds, and tasks fail only once they have waited the server's
- * connect_retry_timeout.
+ * connect_retry_timeout.  The first failure in a row is logged.
  */
 void
 PoolUnreachable(Pool *pool, const char *message)
@@ -303,24 +327,66 @@ PoolUnreachable(Pool *pool, const char *message)
 	int			i;
 
 	if (pool->down_since == 0)
+	{
 		pool->down_since = now;
+		ereport(LOG,
+				(errmsg("task_fdw cannot reach server \"%s\" for the tasks of role \"%s\"; they stay queued while it tries again",
+						pool->server_name, pool->role_name),
+				 errdetail_internal("%s", message)));
+	}
 	pool->connect_failures++;
 	for (i = 1; i < pool->connect_failures && pause_ms < 10000; i++)
 		pause_ms *= 2;
 	pool->next_connect_at = TimestampTzPlusMilliseconds(now, Min(pause_ms, 10000));
 	strlcpy(pool->last_error, message, sizeof(pool->last_error));
+	pool->last_error_at = now;
+	StatsMarkChanged();
 	pool_expire_held(pool, now);
 }
 
 /*
- * PoolReachable notes that a connection to pool's server succeeded.
+ * PoolReachable notes that a connection to pool's server succeeded, and
+ * logs that it is reachable again after PoolUnreachable.
  */
 void
 PoolReachable(Pool *pool)
 {
+	if (pool->down_since != 0)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(pool->down_since, GetCurrentTimestamp(), &secs, &usecs);
+		ereport(LOG,
+				(errmsg("task_fdw reached server \"%s\" again for the tasks of role \"%s\", after %ld.%03d s",
+						pool->server_name, pool->role_name, secs, usecs / 1000)));
+	}
 	pool->down_since = 0;
 	pool->next_connect_at = 0;
 	pool->connect_failures = 0;
+	pool->refused = false;
+	StatsMarkChanged();
+}
+
+/*
+ * PoolRefused notes that pool's server refused a connection for a reason
+ * that will not pass by itself (bad credentials, no such database), with
+ * libpq's message; the task the connection was for fails.  Only the first
+ * refusal since the last successful connection is logged, so that a wrong
+ * password does not log a line for every task.
+ */
+void
+PoolRefused(Pool *pool, const char *message)
+{
+	if (!pool->refused)
+		ereport(LOG,
+				(errmsg("task_fdw's connection to server \"%s\" for the tasks of role \"%s\" was refused; the task fails",
+						pool->server_name, pool->role_name),
+				 errdetail_internal("%s", message)));
+	pool->refused = true;
+	strlcpy(pool->last_error, message, sizeof(pool->last_error));
+	pool->last_error_at = GetCurrentTimestamp();
+	StatsMarkChanged();
 }
 
 /*
@@ -424,6 +490,7 @@ PoolStartCancel(Pool *pool, int remote_pid)
 
 	if (server == NULL || !user_mapping_exists(pool->key.userid, pool->key.serverid))
 		return;
+	pool_note_names(pool, server);
 	conn = pool_open_conn(pool, server, 0, remote_pid);
 	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);

@@ -262,7 +262,8 @@ QueueBegin(bool nowait)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "task_fdw bookkeeping");
+	/* The query text stays the summary StatsPublish reports. */
+	pgstat_report_activity(STATE_RUNNING, NULL);
 	return QUEUE_OK;
 }
 

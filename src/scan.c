@@ -4,12 +4,15 @@
  *		  SELECT from a task_fdw foreign table: planning and executing a scan
  *		  of the task store.
  *
- * A foreign table shows the tasks of its server that the current user may
- * see: their own (and those of roles whose privileges they have), or all of
+ * A foreign table on server S shows the tasks submitted through any
+ * foreign table on S, wherever they run, and the tasks that run on S,
+ * wherever they were submitted, as far as the current user may see them:
+ * their own (and those of roles whose privileges they have), or all of
  * them for superusers; members of task_fdw_monitor see the other roles'
- * tasks too, without results, notices or error details.  A condition "id = value" or "state = value" (a constant or a
- * parameter) is pushed down to an index scan of the task store's primary
- * key or state index; every condition is still checked on the rows.
+ * tasks too, without results, notices or error details.  A condition
+ * "id = value" or "state = value" (a constant or a parameter) is pushed
+ * down to an index scan of the task store's primary key or state index;
+ * every condition is still checked on the rows.
  *
  * IDENTIFICATION
  *		  src/scan.c
@@ -268,7 +271,7 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 
 /*
  * taskIterateForeignScan
- *		Return the next visible task of the table's server.
+ *		Return the next task the table shows that the user may see.
  *
  * The executor calls this in a per-tuple context that it resets for every
  * row, but the index scan keeps memory it allocates (in any call, not only at
@@ -311,8 +314,10 @@ taskIterateForeignScan(ForeignScanState *node)
 }
 
 /*
- * next_visible_row reads the next task of the table's server that the user
+ * next_visible_row reads the next task that the table shows and the user
  * may see into state->values and state->nulls, and returns false at the end.
+ * The table shows the tasks that run on its server or were submitted
+ * through it (through any table on its server).
  */
 static bool
 next_visible_row(TaskScanState *state)
@@ -334,6 +339,8 @@ next_visible_row(TaskScanState *state)
 		int			i;
 
 		if (DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, store_desc,
+										  &isnull)) != state->serverid &&
+			DatumGetObjectId(heap_getattr(tup, Anum_task_origin_server_id, store_desc,
 										  &isnull)) != state->serverid)
 			continue;
 		full = TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tup, Anum_task_userid,

@@ -10,6 +10,8 @@
  * running dispatcher, or marks the slot wanted and wakes the launcher, which
  * starts one.  A dispatcher exits when idle only if no commit set
  * work_pending in the meantime, under the same lock, so no wake-up is lost.
+ * Each slot also holds the status of its dispatcher's pools, under a lock
+ * of its own (stats.c publishes and reads it).
  *
  * IDENTIFICATION
  *		  src/shmem.c
@@ -57,6 +59,7 @@ TaskFdwShmemRequest(void)
 {
 	RequestAddinShmemSpace(task_fdw_shmem_size());
 	RequestNamedLWLockTranche("task_fdw", 1);
+	RequestNamedLWLockTranche("task_fdw stats", max_worker_processes);
 }
 
 /*
@@ -72,6 +75,8 @@ TaskFdwShmemStartup(void)
 	TaskFdwState = ShmemInitStruct("task_fdw", task_fdw_shmem_size(), &found);
 	if (!found)
 	{
+		LWLockPadded *stats_locks = GetNamedLWLockTranche("task_fdw stats");
+
 		TaskFdwState->lock = &(GetNamedLWLockTranche("task_fdw"))->lock;
 		TaskFdwState->launcher_pid = 0;
 		TaskFdwState->launcher_procno = -1;
@@ -84,6 +89,7 @@ TaskFdwShmemStartup(void)
 
 			memset(slot, 0, sizeof(DispatcherSlot));
 			slot->procno = -1;
+			slot->stats_lock = &stats_locks[i].lock;
 			pg_atomic_init_u32(&slot->work_pending, 0);
 			pg_atomic_init_u32(&slot->cancel_pending, 0);
 		}
@@ -273,6 +279,16 @@ TaskFdwSlotAttach(Oid dboid)
 	slot->clean_exit = false;
 	LWLockRelease(TaskFdwState->lock);
 	return slot;
+}
+
+/*
+ * TaskFdwFindSlot returns dboid's slot, or NULL.  The caller holds
+ * TaskFdwState->lock.
+ */
+DispatcherSlot *
+TaskFdwFindSlot(Oid dboid)
+{
+	return find_slot(dboid);
 }
 
 /*

@@ -108,6 +108,7 @@ TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
 	if (sub->retry_delay)
 		SET_COLUMN(Anum_task_retry_delay, IntervalPGetDatum(sub->retry_delay));
 	SET_COLUMN(Anum_task_retry_interrupted, BoolGetDatum(sub->retry_interrupted));
+	SET_COLUMN(Anum_task_origin_server_id, ObjectIdGetDatum(sub->origin_serverid));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 

@@ -188,6 +188,7 @@ ConnLost(Conn *conn)
 			PoolCloseConn(conn);
 			return;
 		}
+		PoolRefused(pool, message);
 		task = PoolTakeHeld(pool);
 	}
 	if (task != NULL)

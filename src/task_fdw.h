@@ -68,7 +68,8 @@
 #define Anum_task_retry_delay		28
 #define Anum_task_cancel_requested_at 29
 #define Anum_task_retry_interrupted	30
-#define Natts_task					30
+#define Anum_task_origin_server_id	31
+#define Natts_task					31
 
 /* The role whose members see all tasks, without their results. */
 #define TFDW_MONITOR_ROLE		"task_fdw_monitor"
@@ -99,13 +100,40 @@ typedef struct TaskAttribute
 /*
  * Per-foreign-table mapping from its columns to task attributes, built once
  * per scan or modify.  attrs[i] describes column i + 1, or is NULL for a
- * dropped column.
+ * dropped column.  The attribute "server" shows the name of the task
+ * store's server_id; the last name looked up is kept.
  */
 typedef struct TaskColumnMap
 {
 	int			natts;
 	const TaskAttribute **attrs;
+	MemoryContext cxt;			/* where the map and server_name live */
+	Oid			server_oid;		/* server whose name is server_name, or 0 */
+	Datum		server_name;	/* text, or 0 if that server was dropped */
 } TaskColumnMap;
+
+/* Pools a dispatcher publishes the status of (see stats.c). */
+#define TFDW_MAX_POOL_STATS		64
+/* Bytes kept of a pool's last error message, with its terminating zero. */
+#define TFDW_POOL_ERROR_LEN		256
+
+/* The status of one pool, as its dispatcher last published it. */
+typedef struct TaskFdwPoolStats
+{
+	Oid			serverid;
+	Oid			userid;
+	int			pool_size;
+	int			busy;			/* connections with a task */
+	int			idle;			/* connections without one */
+	int			connecting;		/* connections being opened */
+	int			waiting;		/* tasks claimed, waiting for a connection */
+	TimestampTz down_since;		/* unreachable since then, or 0 */
+	TimestampTz last_error_at;	/* when last_error happened, or 0 */
+	uint64		started;		/* attempts started by this dispatcher */
+	uint64		finished;		/* attempts ended, also without starting */
+	char		last_error[TFDW_POOL_ERROR_LEN];	/* why the last connection
+													 * attempt failed, or "" */
+} TaskFdwPoolStats;
 
 /* One dispatcher slot in shared memory. */
 typedef struct DispatcherSlot
@@ -117,6 +145,12 @@ typedef struct DispatcherSlot
 	bool		clean_exit;		/* the last one exited on purpose: restart at once */
 	pg_atomic_uint32 work_pending;	/* set by committing submitters */
 	pg_atomic_uint32 cancel_pending;	/* set when running tasks are cancelled */
+
+	/* Published by a dispatcher, read by pool_status() (see stats.c). */
+	LWLock	   *stats_lock;		/* protects the fields below */
+	pid_t		stats_pid;		/* the dispatcher that published them, or 0 */
+	int			npools;			/* entries of pools in use */
+	TaskFdwPoolStats pools[TFDW_MAX_POOL_STATS];
 } DispatcherSlot;
 
 /* The shared state of task_fdw, one per cluster. */
@@ -241,12 +275,13 @@ extern int	TaskFdwBuildConnParams(ForeignServer *server, UserMapping *user,
 /* in attrs.c */
 extern const TaskAttribute *TaskAttributeLookup(const char *name);
 extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
-extern void TaskColumnMapProject(const TaskColumnMap *map, const Datum *store_values,
+extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
 extern void TaskStoreCheckVersion(Relation rel);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
+extern char *TaskFdwServerName(Oid serverid);
 extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,
 									 Oid serverOid);
 
@@ -262,6 +297,7 @@ extern void TaskFdwShmemStartup(void);
 extern void TaskFdwRequestDispatcher(int what);
 extern void TaskFdwXactCallback(XactEvent event, void *arg);
 extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
+extern DispatcherSlot *TaskFdwFindSlot(Oid dboid);
 extern bool TaskFdwSlotIdleExit(DispatcherSlot *slot);
 extern void TaskFdwSlotDetach(DispatcherSlot *slot, bool forget);
 extern void TaskFdwSetProcLatch(int procno);
@@ -279,7 +315,8 @@ typedef struct TaskInsertState TaskInsertState;
 /* A task being submitted, with its attributes resolved. */
 typedef struct TaskSubmission
 {
-	Oid			serverid;
+	Oid			serverid;		/* where it runs */
+	Oid			origin_serverid;	/* the server of the table it went through */
 	Oid			userid;
 	const char *submitted_by;
 	Datum		sql;

@@ -1,6 +1,6 @@
-# Upgrading: a database that installed version 1.0 is refused with a clear
-# error until ALTER EXTENSION UPDATE, after which its queued tasks run and
-# its schema is the same as that of a fresh installation.
+# Upgrading: a database that installed version 1.0 or 1.1 is refused with a
+# clear error until ALTER EXTENSION UPDATE, after which its queued tasks run
+# and its schema is the same as that of a fresh installation.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -13,6 +13,7 @@ use TaskFdwNode;
 my $node = TaskFdwNode::new_node('upgrade');
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('postgres', 'CREATE DATABASE old');
+$node->safe_psql('postgres', 'CREATE DATABASE mid');
 $node->safe_psql('fresh', 'CREATE EXTENSION task_fdw');
 $node->safe_psql('old', q{
 CREATE EXTENSION task_fdw VERSION '1.0';
@@ -29,13 +30,36 @@ like($err, qr/extension "task_fdw" must be updated before it can be used.*ALTER 
 
 $node->safe_psql('old', 'ALTER EXTENSION task_fdw UPDATE');
 is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
-	'1.1', 'ALTER EXTENSION UPDATE goes to 1.1');
+	'1.2', 'ALTER EXTENSION UPDATE goes from 1.0 through 1.1 to 1.2');
 my $id = $node->safe_psql('old', "INSERT INTO tasks(sql) VALUES ('SELECT 42 AS answer') RETURNING id");
 is($node->safe_psql('old', "SELECT task_fdw.wait($id, '60s')"), 'done', 'after the update, tasks run');
 
+# --- Version 1.1, with a task queued before the library was replaced (it
+# is written to the store directly: the foreign tables refuse to work).
+$node->safe_psql('mid', q{
+CREATE EXTENSION task_fdw VERSION '1.1';
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+CREATE FOREIGN TABLE tasks (id bigint, sql text, state text) SERVER loopback;
+INSERT INTO task_fdw.task(server_id, userid, sql, submitted_by, submitted_at)
+SELECT oid, (SELECT oid FROM pg_roles WHERE rolname = current_user), 'SELECT 1', current_user, now()
+  FROM pg_foreign_server WHERE srvname = 'loopback';
+});
+($rc, $out, $err) = $node->psql('mid', 'SELECT count(*) FROM tasks');
+like($err, qr/extension "task_fdw" must be updated before it can be used/,
+	'an installation of 1.1 is refused too');
+$node->safe_psql('mid', 'ALTER EXTENSION task_fdw UPDATE');
+is($node->safe_psql('mid', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
+	'1.2', 'ALTER EXTENSION UPDATE goes from 1.1 to 1.2');
+is($node->safe_psql('mid', 'SELECT count(*) FROM task_fdw.task WHERE origin_server_id = server_id'),
+	'1', 'a task submitted before the update counts as submitted through the server it runs on');
+$id = $node->safe_psql('mid', 'SELECT min(id) FROM tasks');
+is($node->safe_psql('mid', "SELECT task_fdw.wait($id, '60s')"), 'done',
+	'the task queued before the update runs after it');
+
 # The updated schema is the one a fresh installation creates: columns,
 # constraints, indexes, functions (with their settings and privileges),
-# comments and the event trigger.
+# views, comments, the event trigger and the extension's members.
 my $describe = q{
 SELECT string_agg(line, E'\n' ORDER BY line) FROM (
   SELECT format('column %s %s %s %s', attnum, attname, format_type(atttypid, atttypmod),
@@ -55,13 +79,30 @@ SELECT string_agg(line, E'\n' ORDER BY line) FROM (
   SELECT format('relation %s %s %s', relname, relkind, relacl)
     FROM pg_class WHERE relnamespace = 'task_fdw'::regnamespace
   UNION ALL
+  SELECT format('view %s %s', relname, pg_get_viewdef(oid))
+    FROM pg_class WHERE relnamespace = 'task_fdw'::regnamespace AND relkind = 'v'
+  UNION ALL
+  SELECT format('view column %s %s %s %s', c.relname, a.attnum, a.attname,
+                format_type(a.atttypid, a.atttypmod))
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+   WHERE c.relnamespace = 'task_fdw'::regnamespace AND c.relkind = 'v'
+  UNION ALL
+  SELECT 'member ' || pg_describe_object(classid, objid, objsubid)
+    FROM pg_depend
+   WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+     AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'task_fdw')
+  UNION ALL
   SELECT format('event trigger %s %s %s', evtname, evtevent, evttags) FROM pg_event_trigger
   UNION ALL
   SELECT 'role ' || rolname FROM pg_roles WHERE rolname = 'task_fdw_monitor'
 ) s(line);
 };
-is($node->safe_psql('old', $describe), $node->safe_psql('fresh', $describe),
-	'the schema after 1.0 -> 1.1 is the same as a fresh 1.1');
+my $fresh = $node->safe_psql('fresh', $describe);
+like($fresh, qr/column 31 origin_server_id oid +not null/, 'a fresh 1.2 has the column origin_server_id');
+is($node->safe_psql('old', $describe), $fresh,
+	'the schema after 1.0 -> 1.1 -> 1.2 is the same as a fresh 1.2');
+is($node->safe_psql('mid', $describe), $fresh,
+	'the schema after 1.1 -> 1.2 is the same as a fresh 1.2');
 
 $node->stop;
 done_testing();
