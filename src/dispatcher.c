@@ -63,7 +63,6 @@ PGDLLEXPORT void TaskFdwDispatcherMain(Datum main_arg);
 static DispatcherSlot *my_slot = NULL;
 static MemoryContext TaskContext = NULL;
 
-static dlist_head starting = DLIST_STATIC_INIT(starting); /* start to record */
 static dlist_head finished = DLIST_STATIC_INIT(finished); /* outcome to record */
 static dlist_head deferred = DLIST_STATIC_INIT(deferred); /* row was locked */
 
@@ -91,8 +90,8 @@ static long next_timeout(TimestampTz now);
 static bool dispatcher_idle(void);
 static void dispatcher_shutdown(void);
 static List *running_tasks(void);
+static TimestampTz cancel_due_at(Task *task);
 static bool cancels_due(TimestampTz now);
-static void find_cancelled(List *running);
 static void send_due_cancels(List *running, TimestampTz now);
 static void record_finished(void);
 static void purge_expired(TimestampTz now);
@@ -350,18 +349,7 @@ bookkeeping_needed(TimestampTz now)
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
-		TimestampTz attention = PoolNextAttention(pool);
-
-		/*
-		 * Held tasks without a connection, in a pool neither down nor at a
-		 * connection limit: PoolRetireIdle closed the connections opened
-		 * for them, out of date after a catalog change.
-		 */
-		if ((pool->has_queued && PoolCapacity(pool) > 0 && pool->down_since == 0) ||
-			(pool->nheld > 0 && pool->nconns > PoolBusy(pool)) ||
-			(pool->nheld > 0 && pool->nconns == 0 && pool->down_since == 0 &&
-			 now >= pool->blocked_until) ||
-			(attention != 0 && now >= attention))
+		if (PoolWantsTurn(pool, now))
 		{
 			hash_seq_term(&status);
 			return true;
@@ -432,6 +420,19 @@ running_tasks(void)
 }
 
 /*
+ * cancel_due_at returns when a cancel request for running task is next due:
+ * its deadline, until it is cancelled for some reason, then the time to
+ * send the request again; 0 if never.
+ */
+static TimestampTz
+cancel_due_at(Task *task)
+{
+	if (task->cancel_at != 0)
+		return task->cancel_at;
+	return task->cancel_reason == TASK_CANCEL_NONE ? task->deadline : 0;
+}
+
+/*
  * cancels_due returns whether a running task has timed out or has a cancel
  * request to (re)send.
  */
@@ -444,47 +445,13 @@ cancels_due(TimestampTz now)
 
 	foreach(lc, running)
 	{
-		Task	   *task = lfirst(lc);
+		TimestampTz at = cancel_due_at(lfirst(lc));
 
-		if ((task->deadline != 0 && now >= task->deadline &&
-			 task->cancel_reason == TASK_CANCEL_NONE) ||
-			(task->cancel_at != 0 && now >= task->cancel_at))
+		if (at != 0 && now >= at)
 			due = true;
 	}
 	list_free(running);
 	return due;
-}
-
-/*
- * find_cancelled marks the running tasks that their submitters cancelled or
- * deleted, so that their cancel requests are sent at once.
- */
-static void
-find_cancelled(List *running)
-{
-	List	   *ids = NIL;
-	List	   *cancelled;
-	ListCell   *lc;
-
-	foreach(lc, running)
-		ids = lappend(ids, &((Task *) lfirst(lc))->id);
-	if (ids == NIL)
-		return;
-	cancelled = QueueCancelRequested(ids);
-	foreach(lc, running)
-	{
-		Task	   *task = lfirst(lc);
-		ListCell   *lc2;
-
-		foreach(lc2, cancelled)
-		{
-			if (*(int64 *) lfirst(lc2) != task->id ||
-				task->cancel_reason != TASK_CANCEL_NONE)
-				continue;
-			task->cancel_reason = TASK_CANCEL_USER;
-			task->cancel_at = GetCurrentTimestamp();
-		}
-	}
 }
 
 /*
@@ -500,15 +467,12 @@ send_due_cancels(List *running, TimestampTz now)
 	foreach(lc, running)
 	{
 		Task	   *task = lfirst(lc);
+		TimestampTz at = cancel_due_at(task);
 
-		if (task->deadline != 0 && now >= task->deadline &&
-			task->cancel_reason == TASK_CANCEL_NONE)
-		{
-			task->cancel_reason = TASK_CANCEL_TIMEOUT;
-			task->cancel_at = now;
-		}
-		if (task->cancel_at == 0 || now < task->cancel_at)
+		if (at == 0 || now < at)
 			continue;
+		if (task->cancel_reason == TASK_CANCEL_NONE)
+			task->cancel_reason = TASK_CANCEL_TIMEOUT;
 		PoolStartCancel(task->pool, task->remote_pid);
 		task->cancel_at = TimestampTzPlusMilliseconds(now, CANCEL_RESEND_MS);
 	}
@@ -521,18 +485,16 @@ send_due_cancels(List *running, TimestampTz now)
 static void
 record_finished(void)
 {
-	List	   *tasks = NIL;
-	ListCell   *lc;
+	dlist_mutable_iter iter;
 
-	while (!dlist_is_empty(&finished))
-		tasks = lappend(tasks, dlist_container(Task, node, dlist_pop_head_node(&finished)));
-	if (tasks == NIL)
+	if (dlist_is_empty(&finished))
 		return;
-	QueueRecordFinishes(tasks);
-	foreach(lc, tasks)
+	QueueRecordFinishes(&finished);
+	dlist_foreach_modify(iter, &finished)
 	{
-		Task	   *task = lfirst(lc);
+		Task	   *task = dlist_container(Task, node, iter.cur);
 
+		dlist_delete(&task->node);
 		if (!task->recorded)
 		{
 			dlist_push_tail(&deferred, &task->node);
@@ -545,7 +507,6 @@ record_finished(void)
 			discover = true;
 		MemoryContextDelete(task->cxt);
 	}
-	list_free(tasks);
 }
 
 /*
@@ -558,10 +519,12 @@ bookkeeping(TimestampTz now)
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
 	dlist_mutable_iter iter;
-	dlist_head	sendable;
+	dlist_head	starting;		/* claimed, start to record */
+	dlist_head	sendable;		/* start recorded, to send */
 	bool		recorded = !dlist_is_empty(&finished);
 	List	   *running;
 
+	dlist_init(&starting);
 	dlist_init(&sendable);
 	if (!begin_transaction(now))
 		return;
@@ -571,7 +534,7 @@ bookkeeping(TimestampTz now)
 	running = running_tasks();
 	if (check_cancels)
 	{
-		find_cancelled(running);
+		QueueMarkCancelled(running);
 		check_cancels = false;
 	}
 	send_due_cancels(running, now);
@@ -599,31 +562,26 @@ bookkeeping(TimestampTz now)
 
 	if (!dlist_is_empty(&starting))
 	{
-		List	   *tasks = NIL;
-		ListCell   *lc;
-
 		StatsMarkChanged();
-		while (!dlist_is_empty(&starting))
-			tasks = lappend(tasks, dlist_container(Task, node, dlist_pop_head_node(&starting)));
-		QueueRecordStarts(tasks);
-		foreach(lc, tasks)
-		{
-			Task	   *task = lfirst(lc);
+		QueueRecordStarts(&starting);
+	}
+	dlist_foreach_modify(iter, &starting)
+	{
+		Task	   *task = dlist_container(Task, node, iter.cur);
 
-			if (task->recorded)
-			{
-				task->pool->tasks_started++;
-				dlist_push_tail(&sendable, &task->node);
-			}
-			else
-			{
-				/* Cancelled, deleted, postponed or locked: free the connection. */
-				task->conn->task = NULL;
-				task->conn->state = CONN_IDLE;
-				MemoryContextDelete(task->cxt);
-			}
+		dlist_delete(&task->node);
+		if (task->recorded)
+		{
+			task->pool->tasks_started++;
+			dlist_push_tail(&sendable, &task->node);
 		}
-		list_free(tasks);
+		else
+		{
+			/* Cancelled, deleted, postponed or locked: free the connection. */
+			task->conn->task = NULL;
+			task->conn->state = CONN_IDLE;
+			MemoryContextDelete(task->cxt);
+		}
 	}
 
 	QueueCommit();
@@ -798,10 +756,8 @@ next_timeout(TimestampTz now)
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
 			WAKE_BY(conn->deadline);
-			if (conn->task != NULL && conn->task->cancel_reason == TASK_CANCEL_NONE)
-				WAKE_BY(conn->task->deadline);
 			if (conn->task != NULL)
-				WAKE_BY(conn->task->cancel_at);
+				WAKE_BY(cancel_due_at(conn->task));
 		}
 	}
 #undef WAKE_BY

@@ -171,6 +171,31 @@ PoolCapacity(Pool *pool)
 }
 
 /*
+ * PoolWantsTurn returns whether pool needs a bookkeeping turn now: to claim
+ * queued tasks it has room for, to give held tasks to an idle connection
+ * or open connections for them (what PoolAssignHeld and PoolConnect would
+ * do), or because its unreachable server is due another attempt or its
+ * tasks have waited too long for it.
+ */
+bool
+PoolWantsTurn(Pool *pool, TimestampTz now)
+{
+	TimestampTz attention = PoolNextAttention(pool);
+
+	if (attention != 0 && now >= attention)
+		return true;
+	if (pool->down_since != 0)
+		return false;
+	if (pool->has_queued && PoolCapacity(pool) > 0)
+		return true;
+	if (pool->nheld == 0)
+		return false;
+	return pool_count_state(pool, CONN_IDLE) > 0 ||
+		(pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
+		 pool->nconns < pool->pool_size && now >= pool->blocked_until);
+}
+
+/*
  * PoolTakeHeld removes and returns the oldest task pool holds, or NULL.
  */
 Task *

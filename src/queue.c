@@ -201,6 +201,9 @@ typedef struct ArrayBuilder
 } ArrayBuilder;
 
 static void array_builder_init(ArrayBuilder *b, int size);
+static int	task_count(dlist_head *tasks);
+static Task *find_task(dlist_head *tasks, int64 id);
+static int64 id_of(uint64 i);
 static void array_builder_add(ArrayBuilder *b, Datum value, bool isnull);
 static void array_builder_text(ArrayBuilder *b, const char *s);
 static Datum array_builder_finish(ArrayBuilder *b, Oid elemtype);
@@ -509,27 +512,61 @@ id_of(uint64 i)
 }
 
 /*
+ * task_count returns the length of a list of tasks.
+ */
+static int
+task_count(dlist_head *tasks)
+{
+	dlist_iter	iter;
+	int			n = 0;
+
+	dlist_foreach(iter, tasks)
+		n++;
+	return n;
+}
+
+/*
+ * find_task returns the task of a list with the given id, which the caller
+ * knows is there (the statement returned it).
+ */
+static Task *
+find_task(dlist_head *tasks, int64 id)
+{
+	dlist_iter	iter;
+
+	dlist_foreach(iter, tasks)
+	{
+		Task	   *task = dlist_container(Task, node, iter.cur);
+
+		if (task->id == id)
+			return task;
+	}
+	elog(ERROR, "task " INT64_FORMAT " was recorded but is not in hand", id);
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
  * QueueRecordStarts marks the tasks of the list running, each on its
  * connection's remote backend, in one statement, and sets task->recorded
  * on those it started.  The others are no longer queued and due, or are
  * locked by a submitter changing them.
  */
 void
-QueueRecordStarts(List *tasks)
+QueueRecordStarts(dlist_head *tasks)
 {
 	ArrayBuilder ids;
 	ArrayBuilder pids;
 	Datum		values[3];
-	ListCell   *lc;
+	dlist_iter	iter;
 	uint64		i;
+	int			n = task_count(tasks);
 
-	array_builder_init(&ids, list_length(tasks));
-	array_builder_init(&pids, list_length(tasks));
-	foreach(lc, tasks)
+	array_builder_init(&ids, n);
+	array_builder_init(&pids, n);
+	dlist_foreach(iter, tasks)
 	{
-		Task	   *task = lfirst(lc);
+		Task	   *task = dlist_container(Task, node, iter.cur);
 
-		task->started_at = GetCurrentTimestamp();
 		task->recorded = false;
 		array_builder_add(&ids, Int64GetDatum(task->id), false);
 		array_builder_add(&pids, Int32GetDatum(task->remote_pid), false);
@@ -540,13 +577,7 @@ QueueRecordStarts(List *tasks)
 	if (SPI_execute_plan(start_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the start of tasks");
 	for (i = 0; i < SPI_processed; i++)
-	{
-		int64		id = id_of(i);
-
-		foreach(lc, tasks)
-			if (((Task *) lfirst(lc))->id == id)
-				((Task *) lfirst(lc))->recorded = true;
-	}
+		find_task(tasks, id_of(i))->recorded = true;
 	SPI_freetuptable(SPI_tuptable);
 }
 
@@ -579,22 +610,23 @@ notices_json(List *notices)
  * unrecorded, for the caller to try again later.
  */
 void
-QueueRecordFinishes(List *tasks)
+QueueRecordFinishes(dlist_head *tasks)
 {
 	ArrayBuilder cols[16];
 	Datum		values[16];
 	Oid			types[16] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
 		JSONBOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,
 	TIMESTAMPTZOID, JSONBOID, TIMESTAMPTZOID};
-	ListCell   *lc;
+	dlist_iter	iter;
 	uint64		i;
 	int			c;
+	int			n = task_count(tasks);
 
 	for (c = 0; c < 16; c++)
-		array_builder_init(&cols[c], list_length(tasks));
-	foreach(lc, tasks)
+		array_builder_init(&cols[c], n);
+	dlist_foreach(iter, tasks)
 	{
-		Task	   *task = lfirst(lc);
+		Task	   *task = dlist_container(Task, node, iter.cur);
 		const char *state = TaskResolveOutcome(task);
 
 		task->recorded = false;
@@ -634,29 +666,22 @@ QueueRecordFinishes(List *tasks)
 		elog(ERROR, "could not record the outcome of tasks");
 	for (i = 0; i < SPI_processed; i++)
 	{
-		int64		id = id_of(i);
+		Task	   *task = find_task(tasks, id_of(i));
 		bool		isnull;
 		char	   *recorded = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																 SPI_tuptable->tupdesc,
 																 2, &isnull));
 
-		foreach(lc, tasks)
-		{
-			Task	   *task = lfirst(lc);
-
-			if (task->id != id)
-				continue;
-			task->recorded = true;
-			if (strcmp(recorded, TFDW_STATE_QUEUED) != 0)
-				TaskStoreNotifyFinished(task->id, recorded);
-		}
+		task->recorded = true;
+		if (strcmp(recorded, TFDW_STATE_QUEUED) != 0)
+			TaskStoreNotifyFinished(task->id, recorded);
 	}
 	SPI_freetuptable(SPI_tuptable);
 
 	/* Not updated: gone or final (done with it), or locked (try later). */
-	foreach(lc, tasks)
+	dlist_foreach(iter, tasks)
 	{
-		Task	   *task = lfirst(lc);
+		Task	   *task = dlist_container(Task, node, iter.cur);
 		Datum		id[1];
 
 		if (task->recorded)
@@ -669,36 +694,41 @@ QueueRecordFinishes(List *tasks)
 }
 
 /*
- * QueueCancelRequested returns which of the running tasks running_ids (a
- * list of int64 pointers) their submitters have cancelled or deleted since.
+ * QueueMarkCancelled marks the tasks of running (a list of running tasks)
+ * that their submitters have cancelled or deleted since, and that were not
+ * being cancelled already, so that their cancel requests are sent at once.
  */
-List *
-QueueCancelRequested(List *running_ids)
+void
+QueueMarkCancelled(List *running)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * list_length(running_ids));
+	ArrayBuilder ids;
 	Datum		values[1];
 	ListCell   *lc;
-	List	   *cancelled = NIL;
 	uint64		i;
-	int			n = 0;
 
-	foreach(lc, running_ids)
-		elems[n++] = Int64GetDatum(*(int64 *) lfirst(lc));
-	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	if (running == NIL)
+		return;
+	array_builder_init(&ids, list_length(running));
+	foreach(lc, running)
+		array_builder_add(&ids, Int64GetDatum(((Task *) lfirst(lc))->id), false);
+	values[0] = array_builder_finish(&ids, INT8OID);
 	if (SPI_execute_plan(cancelled_plan, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for cancelled tasks");
 	for (i = 0; i < SPI_processed; i++)
 	{
-		bool		isnull;
-		int64	   *id = palloc(sizeof(int64));
+		int64		id = id_of(i);
 
-		*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-										  1, &isnull));
-		cancelled = lappend(cancelled, id);
+		foreach(lc, running)
+		{
+			Task	   *task = lfirst(lc);
+
+			if (task->id != id || task->cancel_reason != TASK_CANCEL_NONE)
+				continue;
+			task->cancel_reason = TASK_CANCEL_USER;
+			task->cancel_at = GetCurrentTimestamp();
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
-	return cancelled;
 }
 
 /*

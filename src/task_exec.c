@@ -41,6 +41,8 @@ static void conn_io(Conn *conn, uint32 events);
 static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
 static bool conn_reset_result(Conn *conn, PGresult *res);
+static bool pipeline_send(Conn *conn, const char *sql);
+static bool conn_send_sql(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -256,39 +258,52 @@ ConnSendTask(Conn *conn)
 	task->started_at = GetCurrentTimestamp();
 	if (task->timeout > 0)
 		task->deadline = task->started_at + task->timeout;
-	conn->state = reset ? CONN_RESETTING : CONN_RUNNING;
 	if (!reset)
-		ok = PQsendQuery(conn->conn, task->sql) && PQsetSingleRowMode(conn->conn);
+		ok = conn_send_sql(conn);
 	else
 	{
-		char	   *setname = psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
-									   task->id);
-
+		conn->state = CONN_RESETTING;
 		conn->syncs_pending = 0;
-		ok = PQenterPipelineMode(conn->conn);
-		if (ok && conn->used)
-		{
-			ok = PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
-				PQpipelineSync(conn->conn);
-			conn->syncs_pending++;
-		}
-		if (ok)
-		{
-			ok = PQsendQueryParams(conn->conn, setname, 0, NULL, NULL, NULL, NULL, 0) &&
-				PQpipelineSync(conn->conn);
-			conn->syncs_pending++;
-		}
-		pfree(setname);
+		ok = PQenterPipelineMode(conn->conn) &&
+			(!conn->used || pipeline_send(conn, SESSION_RESET_SQL)) &&
+			pipeline_send(conn, psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
+										 task->id)) &&
+			conn_flush(conn);
 	}
 	conn->used = true;
 	conn->appname_task = task->id;
-	if (!ok || !conn_flush(conn))
+	if (!ok)
 		ConnLost(conn);
 }
 
 /*
+ * pipeline_send queues sql, one statement, as a transaction of its own in
+ * conn's pipeline, and returns false if libpq could not.
+ */
+static bool
+pipeline_send(Conn *conn, const char *sql)
+{
+	conn->syncs_pending++;
+	return PQsendQueryParams(conn->conn, sql, 0, NULL, NULL, NULL, NULL, 0) &&
+		PQpipelineSync(conn->conn);
+}
+
+/*
+ * conn_send_sql sends the SQL of conn's task, to be read in single-row
+ * mode, and returns false if the connection broke.
+ */
+static bool
+conn_send_sql(Conn *conn)
+{
+	conn->state = CONN_RUNNING;
+	return PQsendQuery(conn->conn, conn->task->sql) &&
+		PQsetSingleRowMode(conn->conn) && conn_flush(conn);
+}
+
+/*
  * conn_reset_result handles one result of conn's session reset pipeline,
- * and sends the task once the pipeline is through.  Returns false if the
+ * and once the pipeline is through sends the task, unless the reset failed
+ * (then the task ends with that error, unsent).  Returns false if the
  * connection broke.
  */
 static bool
@@ -296,31 +311,18 @@ conn_reset_result(Conn *conn, PGresult *res)
 {
 	if (res == NULL)
 		return true;			/* the end of one statement's results */
-	switch (PQresultStatus(res))
+	if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+		capture_error(conn->task, res, conn->conn);
+	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC || --conn->syncs_pending > 0)
+		return true;
+	if (!PQexitPipelineMode(conn->conn))
+		return false;
+	if (conn->task->final_state != NULL)
 	{
-		case PGRES_PIPELINE_SYNC:
-			if (--conn->syncs_pending > 0)
-				break;
-			if (!PQexitPipelineMode(conn->conn))
-				return false;
-			if (conn->task->final_state != NULL)
-			{
-				/* The reset failed: the task ends with its error, unsent. */
-				conn->state = CONN_RUNNING;
-				break;
-			}
-			conn->state = CONN_RUNNING;
-			if (!PQsendQuery(conn->conn, conn->task->sql) ||
-				!PQsetSingleRowMode(conn->conn) || !conn_flush(conn))
-				return false;
-			break;
-		case PGRES_FATAL_ERROR:
-			capture_error(conn->task, res, conn->conn);
-			break;
-		default:
-			break;
+		conn->state = CONN_RUNNING;
+		return true;
 	}
-	return true;
+	return conn_send_sql(conn);
 }
 
 /*
