@@ -77,10 +77,10 @@ typedef struct TaskTarget
 typedef struct TaskModifyState
 {
 	TaskColumnMap *map;
-	Oid			serverid;		/* the foreign table's server */
-	Oid			userid;			/* the submitter */
 
 	/* INSERT and COPY */
+	Oid			serverid;		/* the foreign table's server */
+	Oid			userid;			/* the submitter */
 	AttrNumber	sql_attno;		/* the foreign table's "sql" column */
 	AttrNumber	server_attno;	/* its "server" column, or 0 */
 	char	   *submitted_by;
@@ -94,8 +94,7 @@ typedef struct TaskModifyState
 	/* UPDATE and DELETE */
 	Relation	store;			/* the task store */
 	AttrNumber	ctid_attno;		/* junk column identifying the row */
-	Bitmapset  *updated;		/* task attribute numbers set by UPDATE */
-	AttrNumber	state_attno;	/* foreign table columns of those, or 0 */
+	AttrNumber	state_attno;	/* columns that UPDATE sets, or 0 */
 	AttrNumber	priority_attno;
 	AttrNumber	run_at_attno;
 } TaskModifyState;
@@ -416,8 +415,6 @@ taskBeginForeignModify(ModifyTableState *mtstate, ResultRelInfo *rinfo,
 	TaskFdwCheckPreloaded();
 	state = palloc0(sizeof(TaskModifyState));
 	state->map = TaskColumnMapBuild(rel);
-	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
-	state->userid = tfdw_result_rel_user(rinfo, mtstate->ps.state);
 	state->store = table_open(TaskStoreRelid(), RowExclusiveLock);
 	TaskStoreCheckVersion(state->store);
 	subplan = outerPlanState(mtstate)->plan;
