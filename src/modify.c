@@ -102,7 +102,7 @@ typedef struct TaskModifyState
 static TaskModifyState *begin_insert(ResultRelInfo *rinfo, EState *estate);
 static TaskTarget *task_target(TaskModifyState *state, Datum name);
 static TaskTarget *new_target(TaskModifyState *state, ForeignServer *server,
-							  const char *name, bool check_usage);
+							  const char *name);
 static AttrNumber find_column(TaskColumnMap *map, AttrNumber task_attnum);
 static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
@@ -310,7 +310,7 @@ task_target(TaskModifyState *state, Datum name)
 	if (name == (Datum) 0)
 	{
 		if (state->own == NULL)
-			state->own = new_target(state, GetForeignServer(state->serverid), NULL, false);
+			state->own = new_target(state, GetForeignServer(state->serverid), NULL);
 		return state->own;
 	}
 
@@ -335,22 +335,19 @@ task_target(TaskModifyState *state, Datum name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("server \"%s\" does not exist", cname)));
-	/* Naming the table's own server is the same as leaving it out. */
-	state->last = new_target(state, server, cname, server->serverid != state->serverid);
+	state->last = new_target(state, server, cname);
 	return state->last;
 }
 
 /*
  * new_target checks that tasks may be submitted to server, as the server
- * of a row's task, and reads the defaults of its tasks.  check_usage asks
- * for the submitter's USAGE privilege on it, needed for any server but the
- * table's own.  The user mapping is needed, with the password that roles
+ * of a row's task, and reads the defaults of its tasks.  Any server but the
+ * table's own needs the submitter's USAGE privilege.  The user mapping is needed, with the password that roles
  * other than superusers must have, so that a missing one fails the INSERT
  * rather than the task.  A target with a name is kept for later rows.
  */
 static TaskTarget *
-new_target(TaskModifyState *state, ForeignServer *server, const char *name,
-		   bool check_usage)
+new_target(TaskModifyState *state, ForeignServer *server, const char *name)
 {
 	MemoryContext old = MemoryContextSwitchTo(state->cxt);
 	TaskTarget *target = palloc0(sizeof(TaskTarget));
@@ -361,7 +358,7 @@ new_target(TaskModifyState *state, ForeignServer *server, const char *name,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("server \"%s\" is not a task_fdw server", server->servername),
 				 errdetail("Tasks can only run on servers of the foreign-data wrapper task_fdw.")));
-	if (check_usage)
+	if (server->serverid != state->serverid)
 	{
 		AclResult	aclresult = tfdw_server_aclcheck(server->serverid, state->userid);
 
