@@ -40,6 +40,7 @@
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/objectaddress.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "foreign/fdwapi.h"
@@ -51,7 +52,6 @@
 #include "optimizer/planmain.h"
 #include "parser/parsetree.h"
 #include "utils/acl.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/rel.h"
@@ -368,16 +368,8 @@ new_target(TaskModifyState *state, ForeignServer *server, const char *name)
 	TaskFdwCheckPassword(server, GetUserMapping(state->userid, server->serverid));
 	TaskFdwGetTaskDefaults(state->table, server, defaults);
 	if (defaults->retry_sqlstates != NIL)
-	{
-		Datum	   *elems = palloc(sizeof(Datum) * list_length(defaults->retry_sqlstates));
-		ListCell   *lc;
-		int			n = 0;
-
-		foreach(lc, defaults->retry_sqlstates)
-			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-		target->retry_sqlstates = PointerGetDatum(construct_array(elems, n, TEXTOID, -1,
-																  false, TYPALIGN_INT));
-	}
+		target->retry_sqlstates =
+			PointerGetDatum(strlist_to_textarray(defaults->retry_sqlstates));
 	target->serverid = server->serverid;
 	if (name != NULL)
 	{
