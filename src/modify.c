@@ -538,26 +538,8 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	if (sub.timeout)
 		sub.timeout = DatumGetIntervalP(datumCopy(IntervalPGetDatum(sub.timeout), false, 16));
 
-	/* What RETURNING can show of a task just submitted. */
-	memset(store_nulls, true, sizeof(store_nulls));
-#define SET_COLUMN(anum, datum) \
-	(store_values[(anum) - 1] = (datum), store_nulls[(anum) - 1] = false)
-	SET_COLUMN(Anum_task_id, Int64GetDatum(TaskStoreInsert(state->insert, &sub)));
-	SET_COLUMN(Anum_task_server_id, ObjectIdGetDatum(sub.serverid));
-	SET_COLUMN(Anum_task_sql, sub.sql);
-	SET_COLUMN(Anum_task_state, CStringGetTextDatum(TFDW_STATE_QUEUED));
-	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(sub.submitted_by));
-	SET_COLUMN(Anum_task_submitted_at, TimestampTzGetDatum(sub.submitted_at));
-	SET_COLUMN(Anum_task_priority, Int32GetDatum(sub.priority));
-	if (sub.has_run_at)
-		SET_COLUMN(Anum_task_run_at, TimestampTzGetDatum(sub.run_at));
-	if (sub.timeout)
-		SET_COLUMN(Anum_task_timeout, IntervalPGetDatum(sub.timeout));
-	SET_COLUMN(Anum_task_max_attempts, Int32GetDatum(sub.max_attempts));
-	SET_COLUMN(Anum_task_attempts, Int32GetDatum(0));
-	if (sub.batch != (Datum) 0)
-		SET_COLUMN(Anum_task_batch, sub.batch);
-#undef SET_COLUMN
+	/* RETURNING shows the task as stored. */
+	TaskStoreInsert(state->insert, &sub, store_values, store_nulls);
 	ExecClearTuple(slot);
 	TaskColumnMapProject(state->map, store_values, store_nulls,
 						 slot->tts_values, slot->tts_isnull);

@@ -72,10 +72,12 @@ TaskStoreBeginInsert(EState *estate)
 }
 
 /*
- * TaskStoreInsert stores a new queued task and returns its id.
+ * TaskStoreInsert stores a new queued task and fills values and nulls
+ * (Natts_task each) with the row stored, its new id included.
  */
-int64
-TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
+void
+TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
+				Datum *values, bool *nulls)
 {
 	TupleTableSlot *slot = state->slot;
 	int64		id = nextval_internal(state->seqid, false);
@@ -111,10 +113,11 @@ TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
 	SET_COLUMN(Anum_task_origin_server_id, ObjectIdGetDatum(sub->origin_serverid));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
+	memcpy(values, slot->tts_values, sizeof(Datum) * Natts_task);
+	memcpy(nulls, slot->tts_isnull, sizeof(bool) * Natts_task);
 
 	table_tuple_insert(state->rel, slot, GetCurrentCommandId(true), 0, NULL);
 	(void) tfdw_insert_index_tuples(state->rri, slot, state->estate);
-	return id;
 }
 
 /*

@@ -333,7 +333,8 @@ typedef struct TaskSubmission
 } TaskSubmission;
 
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
-extern int64 TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub);
+extern void TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
+							Datum *values, bool *nulls);
 extern void TaskStoreEndInsert(TaskInsertState *state);
 extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
