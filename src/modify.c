@@ -70,6 +70,7 @@ typedef struct TaskTarget
 	int			namelen;
 	Oid			serverid;
 	TaskDefaults defaults;
+	Datum		batch;			/* defaults.batch as text, or 0 */
 	Datum		retry_sqlstates;	/* text[] from the options, or 0 */
 } TaskTarget;
 
@@ -367,6 +368,8 @@ new_target(TaskModifyState *state, ForeignServer *server, const char *name)
 	}
 	TaskFdwCheckPassword(server, GetUserMapping(state->userid, server->serverid));
 	TaskFdwGetTaskDefaults(state->table, server, defaults);
+	if (defaults->batch != NULL)
+		target->batch = CStringGetTextDatum(defaults->batch);
 	if (defaults->retry_sqlstates != NIL)
 		target->retry_sqlstates =
 			PointerGetDatum(strlist_to_textarray(defaults->retry_sqlstates));
@@ -478,11 +481,12 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	sub.priority = defaults->priority;
 	sub.timeout = defaults->timeout;
 	sub.max_attempts = defaults->max_attempts;
-	sub.batch = defaults->batch ? CStringGetTextDatum(defaults->batch) : (Datum) 0;
+	sub.batch = target->batch;
 	sub.retry_sqlstates = target->retry_sqlstates;
 	sub.retry_delay = defaults->retry_delay;
 	sub.retry_interrupted = defaults->retry_interrupted;
 
+	/* Values taken from the slot, sql too, are copied: it is cleared for RETURNING. */
 	for (i = 0; i < state->map->natts; i++)
 	{
 		const TaskAttribute *attr = state->map->attrs[i];
@@ -502,7 +506,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				check_finite_run_at(rel, sub.run_at);
 				break;
 			case Anum_task_timeout:
-				sub.timeout = DatumGetIntervalP(value);
+				sub.timeout = DatumGetIntervalP(datumCopy(value, false, sizeof(Interval)));
 				check_positive(rel, "timeout", TaskFdwIntervalUsecs(sub.timeout) > 0);
 				break;
 			case Anum_task_max_attempts:
@@ -510,7 +514,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				check_positive(rel, "max_attempts", sub.max_attempts > 0);
 				break;
 			case Anum_task_batch:
-				sub.batch = value;
+				sub.batch = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
 				break;
 			default:
 				break;
@@ -523,7 +527,6 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				 errmsg("null value in column \"sql\" of foreign table \"%s\"",
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
-	/* A copy, detoasted: the slot is cleared below to show the new task. */
 	sub.sql = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot->tts_values[state->sql_attno - 1]));
 	sqltext = TextDatumGetCString(sub.sql);
 	if (sqltext[strspn(sqltext, " \t\n\r\f\v")] == '\0')
@@ -533,10 +536,6 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
 	pfree(sqltext);
-	if (sub.batch != (Datum) 0)
-		sub.batch = PointerGetDatum(PG_DETOAST_DATUM_COPY(sub.batch));
-	if (sub.timeout)
-		sub.timeout = DatumGetIntervalP(datumCopy(IntervalPGetDatum(sub.timeout), false, 16));
 
 	/* RETURNING shows the task as stored. */
 	TaskStoreInsert(state->insert, &sub, store_values, store_nulls);
