@@ -631,17 +631,18 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
 	current = TextDatumGetCString(values[Anum_task_state - 1]);
 
-	if (TaskStateIsFinal(current) || (cancel && strcmp(current, TFDW_STATE_RUNNING) == 0))
+	/* A finished task keeps its real outcome; a cancel is never an error. */
+	if (cancel && TaskStateIsFinal(current))
+		return NULL;
+	if (!cancel && strcmp(current, TFDW_STATE_QUEUED) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot reschedule task " INT64_FORMAT ": it is %s", id, current),
+				 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
+
+	if (strcmp(current, TFDW_STATE_RUNNING) == 0)
 	{
-		/* A finished task keeps its real outcome; a cancel is never an error. */
-		if (cancel && TaskStateIsFinal(current))
-			return NULL;
-		if (!cancel)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot reschedule task " INT64_FORMAT ": it is %s", id, current),
-					 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
-		/* Running: the dispatcher cancels it on the remote after commit. */
+		/* A cancel: the dispatcher cancels it on the remote after commit. */
 		if (nulls[Anum_task_cancel_requested_at - 1])
 		{
 			values[Anum_task_cancel_requested_at - 1] =
@@ -650,11 +651,6 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 		}
 		what |= TFDW_XACT_CANCELLED;
 	}
-	else if (strcmp(current, TFDW_STATE_RUNNING) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot reschedule task " INT64_FORMAT ": it is running", id),
-				 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
 	else
 	{
 		/* Queued. */
