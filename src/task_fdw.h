@@ -22,15 +22,14 @@
 
 #include "access/attnum.h"
 #include "access/htup.h"
-#include "storage/itemptr.h"
 #include "access/xact.h"
 #include "datatype/timestamp.h"
-#include "utils/timestamp.h"
 #include "foreign/foreign.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
 #include "storage/lwlock.h"
 #include "utils/relcache.h"
 
