@@ -407,8 +407,7 @@ taskBeginForeignModify(ModifyTableState *mtstate, ResultRelInfo *rinfo,
 	TaskFdwCheckPreloaded();
 	state = palloc0(sizeof(TaskModifyState));
 	state->map = TaskColumnMapBuild(rel);
-	state->store = table_open(TaskStoreRelid(), RowExclusiveLock);
-	TaskStoreCheckVersion(state->store);
+	state->store = TaskStoreOpen(RowExclusiveLock);
 	subplan = outerPlanState(mtstate)->plan;
 	state->ctid_attno = ExecFindJunkAttributeInTlist(subplan->targetlist, "ctid");
 	if (!AttributeNumberIsValid(state->ctid_attno))

@@ -60,8 +60,7 @@ TaskStoreBeginInsert(EState *estate)
 {
 	TaskInsertState *state = palloc0(sizeof(TaskInsertState));
 
-	state->rel = table_open(TaskStoreRelid(), RowExclusiveLock);
-	TaskStoreCheckVersion(state->rel);
+	state->rel = TaskStoreOpen(RowExclusiveLock);
 	state->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(state->rri, state->rel, 0, NULL, 0);
 	ExecOpenIndices(state->rri, false);

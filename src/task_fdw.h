@@ -30,6 +30,7 @@
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/itemptr.h"
+#include "storage/lockdefs.h"
 #include "storage/lwlock.h"
 #include "utils/relcache.h"
 
@@ -277,7 +278,7 @@ extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
 extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
-extern void TaskStoreCheckVersion(Relation rel);
+extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
 extern char *TaskFdwServerName(Oid serverid);
