@@ -547,26 +547,23 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 /*
  * lock_target locks the latest version of the task that planSlot's row
  * identifies and returns it, with its id in *id; or returns NULL when the
- * task is gone or the user may not change it.
+ * task is gone or the user may not change it.  A task the user may not
+ * change (a member of task_fdw_monitor sees those) is not locked, so that
+ * it does not wait for the user's transaction to end.
  */
 static HeapTuple
 lock_target(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
 {
 	bool		isnull;
 	Datum		ctid = ExecGetJunkAttribute(planSlot, state->ctid_attno, &isnull);
-	HeapTuple	tuple;
+	Oid			userid;
 
 	if (isnull)
 		elog(ERROR, "ctid is NULL");
-	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid));
-	tuple = TaskStoreLockTask(state->store, *id);
-	if (tuple == NULL)
+	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid), &userid);
+	if (!TaskStoreTaskVisible(userid))
 		return NULL;
-	if (!TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tuple, Anum_task_userid,
-															RelationGetDescr(state->store),
-															&isnull))))
-		return NULL;
-	return tuple;
+	return TaskStoreLockTask(state->store, *id);
 }
 
 /*

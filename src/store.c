@@ -279,10 +279,11 @@ store_spi_end(StoreSpi *spi)
 
 /*
  * TaskStoreTaskIdAt returns the id of the task whose row version is at tid
- * in the task store rel (the version a scan of this command returned).
+ * in the task store rel (the version a scan of this command returned), and
+ * the role that submitted it in *userid.
  */
 int64
-TaskStoreTaskIdAt(Relation rel, ItemPointer tid)
+TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid)
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	bool		isnull;
@@ -292,6 +293,7 @@ TaskStoreTaskIdAt(Relation rel, ItemPointer tid)
 		elog(ERROR, "could not find the task at (%u,%u)",
 			 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid));
 	id = DatumGetInt64(slot_getattr(slot, Anum_task_id, &isnull));
+	*userid = DatumGetObjectId(slot_getattr(slot, Anum_task_userid, &isnull));
 	ExecDropSingleTupleTableSlot(slot);
 	return id;
 }

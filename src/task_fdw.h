@@ -340,7 +340,7 @@ extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
 extern bool TaskStoreIsMonitor(void);
 extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
-extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid);
+extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
 extern void TaskStoreDeleteTask(Relation rel, int64 id);
