@@ -239,7 +239,7 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 		cols = tfdw_inserted_cols(root, rte);
 	}
 	else if (plan->operation == CMD_UPDATE)
-		cols = tfdw_updated_cols(root, rte);
+		cols = tfdw_updated_cols(root, resultRelation);
 	else if (plan->operation != CMD_DELETE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
