@@ -109,8 +109,7 @@ static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
 static void check_positive(Relation rel, const char *column, bool ok);
 static void check_finite_run_at(Relation rel, TimestampTz run_at);
-static HeapTuple lock_target(TaskModifyState *state, TupleTableSlot *planSlot,
-							 int64 *id);
+static bool target_task(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id);
 static TupleTableSlot *returning_slot(TaskModifyState *state, TupleTableSlot *slot,
 									  HeapTuple tuple);
 
@@ -545,14 +544,13 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 }
 
 /*
- * lock_target locks the latest version of the task that planSlot's row
- * identifies and returns it, with its id in *id; or returns NULL when the
- * task is gone or the user may not change it.  A task the user may not
- * change (a member of task_fdw_monitor sees those) is not locked, so that
- * it does not wait for the user's transaction to end.
+ * target_task finds the id of the task that planSlot's row identifies, in
+ * *id, and returns whether the user may change that task.  It locks
+ * nothing: a task the user may not change (a member of task_fdw_monitor
+ * sees those) must not wait for the user's transaction to end.
  */
-static HeapTuple
-lock_target(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
+static bool
+target_task(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
 {
 	bool		isnull;
 	Datum		ctid = ExecGetJunkAttribute(planSlot, state->ctid_attno, &isnull);
@@ -561,9 +559,7 @@ lock_target(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
 	if (isnull)
 		elog(ERROR, "ctid is NULL");
 	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid), &userid);
-	if (!TaskStoreTaskVisible(userid))
-		return NULL;
-	return TaskStoreLockTask(state->store, *id);
+	return TaskStoreTaskVisible(userid);
 }
 
 /*
@@ -621,7 +617,9 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 				 errmsg("null value in column \"priority\" of foreign table \"%s\"",
 						RelationGetRelationName(rel))));
 
-	tuple = lock_target(state, planSlot, &id);
+	if (!target_task(state, planSlot, &id))
+		return NULL;
+	tuple = TaskStoreLockTask(state->store, id);
 	if (tuple == NULL)
 		return NULL;
 	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
@@ -697,7 +695,9 @@ taskExecForeignDelete(EState *estate, ResultRelInfo *rinfo,
 	bool		isnull;
 	char	   *current;
 
-	tuple = lock_target(state, planSlot, &id);
+	if (!target_task(state, planSlot, &id))
+		return NULL;
+	tuple = TaskStoreDeleteTask(state->store, id);
 	if (tuple == NULL)
 		return NULL;
 	current = TextDatumGetCString(heap_getattr(tuple, Anum_task_state,
@@ -705,7 +705,6 @@ taskExecForeignDelete(EState *estate, ResultRelInfo *rinfo,
 	TaskFdwRequestDispatcher(strcmp(current, TFDW_STATE_RUNNING) == 0
 							 ? TFDW_XACT_LOCKED | TFDW_XACT_CANCELLED
 							 : TFDW_XACT_LOCKED);
-	TaskStoreDeleteTask(state->store, id);
 	return returning_slot(state, slot, tuple);
 }
 

@@ -12,7 +12,7 @@
  * Changes to existing tasks (cancel, reschedule, delete) go through SQL,
  * run as the owner of the store with prepared plans, because they must
  * lock the latest version of a row the dispatcher may be updating at the
- * same time, which SELECT ... FOR UPDATE does for us.
+ * same time, which SELECT ... FOR UPDATE and DELETE do for us.
  *
  * IDENTIFICATION
  *		  src/store.c
@@ -211,7 +211,7 @@ TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine)
 	" priority = $6, run_at = $7, cancel_requested_at = $8" \
 	" WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *"
 #define DELETE_SQL \
-	"DELETE FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1"
+	"DELETE FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *"
 
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr change_plan = NULL;
@@ -355,19 +355,24 @@ TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls)
 }
 
 /*
- * TaskStoreDeleteTask removes task id, locked by TaskStoreLockTask.
+ * TaskStoreDeleteTask removes the latest version of task id's row and
+ * returns a copy of it, or NULL if the task is gone.
  */
-void
+HeapTuple
 TaskStoreDeleteTask(Relation rel, int64 id)
 {
 	StoreSpi	spi;
 	Datum		values[1];
+	HeapTuple	tuple = NULL;
 
 	values[0] = Int64GetDatum(id);
 	store_spi_begin(&spi, rel);
-	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE)
+	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "could not delete task " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+		tuple = SPI_copytuple(SPI_tuptable->vals[0]);
 	store_spi_end(&spi);
+	return tuple;
 }
 
 /*

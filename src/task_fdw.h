@@ -343,7 +343,7 @@ extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
 extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
-extern void TaskStoreDeleteTask(Relation rel, int64 id);
+extern HeapTuple TaskStoreDeleteTask(Relation rel, int64 id);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
 extern int64 TaskStoreCountUnfinished(void);
 
