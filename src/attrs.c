@@ -19,6 +19,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_foreign_server.h"
 #include "catalog/pg_type.h"
@@ -244,19 +245,22 @@ TaskStoreRelid(void)
 }
 
 /*
- * TaskStoreCheckVersion raises an error when the task store rel is not the
- * one this library expects: the extension was installed by an older
- * version and not updated since.
+ * TaskStoreOpen opens the task store with lockmode, raising an error when
+ * it is not the one this library expects: the extension was installed by
+ * an older version and not updated since.
  */
-void
-TaskStoreCheckVersion(Relation rel)
+Relation
+TaskStoreOpen(LOCKMODE lockmode)
 {
+	Relation	rel = table_open(TaskStoreRelid(), lockmode);
+
 	if (RelationGetDescr(rel)->natts != Natts_task)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"task_fdw\" must be updated before it can be used"),
 				 errdetail("The installed version of the extension is older than its library."),
 				 errhint("Run ALTER EXTENSION task_fdw UPDATE.")));
+	return rel;
 }
 
 /*

@@ -17,6 +17,7 @@
 
 #include "catalog/pg_foreign_server.h"
 #include "executor/executor.h"
+#include "optimizer/inherit.h"
 #include "optimizer/pathnode.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -111,15 +112,24 @@ tfdw_result_rel_user(ResultRelInfo *rri, EState *estate)
 }
 #endif
 
-/* Columns named in INSERT's target list, and in UPDATE's SET list. */
+/* Columns named in INSERT's target list. */
 #if PG_VERSION_NUM >= 160000
 #define tfdw_inserted_cols(root, rte) \
 	(getRTEPermissionInfo((root)->parse->rteperminfos, (rte))->insertedCols)
-#define tfdw_updated_cols(root, rte) \
-	(getRTEPermissionInfo((root)->parse->rteperminfos, (rte))->updatedCols)
 #else
 #define tfdw_inserted_cols(root, rte) ((rte)->insertedCols)
-#define tfdw_updated_cols(root, rte) ((rte)->updatedCols)
+#endif
+
+/*
+ * Columns UPDATE sets in result relation rti, also when it is an inheritance
+ * child, whose RTE has no permission info of its own from 16 on: core's
+ * get_rel_all_updated_cols, from 15.2 on.
+ */
+#if PG_VERSION_NUM >= 150002
+#define tfdw_updated_cols(root, rti) \
+	get_rel_all_updated_cols((root), find_base_rel((root), (rti)))
+#else
+#define tfdw_updated_cols(root, rti) (planner_rt_fetch((rti), (root))->updatedCols)
 #endif
 
 /* A role's USAGE privilege on a foreign server: object_aclcheck from 16 on. */

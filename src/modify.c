@@ -40,6 +40,7 @@
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/objectaddress.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "foreign/fdwapi.h"
@@ -51,7 +52,6 @@
 #include "optimizer/planmain.h"
 #include "parser/parsetree.h"
 #include "utils/acl.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/rel.h"
@@ -70,6 +70,7 @@ typedef struct TaskTarget
 	int			namelen;
 	Oid			serverid;
 	TaskDefaults defaults;
+	Datum		batch;			/* defaults.batch as text, or 0 */
 	Datum		retry_sqlstates;	/* text[] from the options, or 0 */
 } TaskTarget;
 
@@ -77,10 +78,10 @@ typedef struct TaskTarget
 typedef struct TaskModifyState
 {
 	TaskColumnMap *map;
-	Oid			serverid;		/* the foreign table's server */
-	Oid			userid;			/* the submitter */
 
 	/* INSERT and COPY */
+	Oid			serverid;		/* the foreign table's server */
+	Oid			userid;			/* the submitter */
 	AttrNumber	sql_attno;		/* the foreign table's "sql" column */
 	AttrNumber	server_attno;	/* its "server" column, or 0 */
 	char	   *submitted_by;
@@ -94,8 +95,7 @@ typedef struct TaskModifyState
 	/* UPDATE and DELETE */
 	Relation	store;			/* the task store */
 	AttrNumber	ctid_attno;		/* junk column identifying the row */
-	Bitmapset  *updated;		/* task attribute numbers set by UPDATE */
-	AttrNumber	state_attno;	/* foreign table columns of those, or 0 */
+	AttrNumber	state_attno;	/* columns that UPDATE sets, or 0 */
 	AttrNumber	priority_attno;
 	AttrNumber	run_at_attno;
 } TaskModifyState;
@@ -103,14 +103,13 @@ typedef struct TaskModifyState
 static TaskModifyState *begin_insert(ResultRelInfo *rinfo, EState *estate);
 static TaskTarget *task_target(TaskModifyState *state, Datum name);
 static TaskTarget *new_target(TaskModifyState *state, ForeignServer *server,
-							  const char *name, bool check_usage);
+							  const char *name);
 static AttrNumber find_column(TaskColumnMap *map, AttrNumber task_attnum);
 static AttrNumber sql_column(Relation rel, TaskColumnMap *map);
 static void check_read_only(Relation rel, const TaskAttribute *attr);
 static void check_positive(Relation rel, const char *column, bool ok);
 static void check_finite_run_at(Relation rel, TimestampTz run_at);
-static HeapTuple lock_target(TaskModifyState *state, TupleTableSlot *planSlot,
-							 int64 *id);
+static bool target_task(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id);
 static TupleTableSlot *returning_slot(TaskModifyState *state, TupleTableSlot *slot,
 									  HeapTuple tuple);
 
@@ -239,7 +238,7 @@ taskPlanForeignModify(PlannerInfo *root, ModifyTable *plan,
 		cols = tfdw_inserted_cols(root, rte);
 	}
 	else if (plan->operation == CMD_UPDATE)
-		cols = tfdw_updated_cols(root, rte);
+		cols = tfdw_updated_cols(root, resultRelation);
 	else if (plan->operation != CMD_DELETE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -311,7 +310,7 @@ task_target(TaskModifyState *state, Datum name)
 	if (name == (Datum) 0)
 	{
 		if (state->own == NULL)
-			state->own = new_target(state, GetForeignServer(state->serverid), NULL, false);
+			state->own = new_target(state, GetForeignServer(state->serverid), NULL);
 		return state->own;
 	}
 
@@ -336,22 +335,19 @@ task_target(TaskModifyState *state, Datum name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("server \"%s\" does not exist", cname)));
-	/* Naming the table's own server is the same as leaving it out. */
-	state->last = new_target(state, server, cname, server->serverid != state->serverid);
+	state->last = new_target(state, server, cname);
 	return state->last;
 }
 
 /*
  * new_target checks that tasks may be submitted to server, as the server
- * of a row's task, and reads the defaults of its tasks.  check_usage asks
- * for the submitter's USAGE privilege on it, needed for any server but the
- * table's own.  The user mapping is needed, with the password that roles
+ * of a row's task, and reads the defaults of its tasks.  Any server but the
+ * table's own needs the submitter's USAGE privilege.  The user mapping is needed, with the password that roles
  * other than superusers must have, so that a missing one fails the INSERT
  * rather than the task.  A target with a name is kept for later rows.
  */
 static TaskTarget *
-new_target(TaskModifyState *state, ForeignServer *server, const char *name,
-		   bool check_usage)
+new_target(TaskModifyState *state, ForeignServer *server, const char *name)
 {
 	MemoryContext old = MemoryContextSwitchTo(state->cxt);
 	TaskTarget *target = palloc0(sizeof(TaskTarget));
@@ -362,7 +358,7 @@ new_target(TaskModifyState *state, ForeignServer *server, const char *name,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("server \"%s\" is not a task_fdw server", server->servername),
 				 errdetail("Tasks can only run on servers of the foreign-data wrapper task_fdw.")));
-	if (check_usage)
+	if (server->serverid != state->serverid)
 	{
 		AclResult	aclresult = tfdw_server_aclcheck(server->serverid, state->userid);
 
@@ -371,17 +367,11 @@ new_target(TaskModifyState *state, ForeignServer *server, const char *name,
 	}
 	TaskFdwCheckPassword(server, GetUserMapping(state->userid, server->serverid));
 	TaskFdwGetTaskDefaults(state->table, server, defaults);
+	if (defaults->batch != NULL)
+		target->batch = CStringGetTextDatum(defaults->batch);
 	if (defaults->retry_sqlstates != NIL)
-	{
-		Datum	   *elems = palloc(sizeof(Datum) * list_length(defaults->retry_sqlstates));
-		ListCell   *lc;
-		int			n = 0;
-
-		foreach(lc, defaults->retry_sqlstates)
-			elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-		target->retry_sqlstates = PointerGetDatum(construct_array(elems, n, TEXTOID, -1,
-																  false, TYPALIGN_INT));
-	}
+		target->retry_sqlstates =
+			PointerGetDatum(strlist_to_textarray(defaults->retry_sqlstates));
 	target->serverid = server->serverid;
 	if (name != NULL)
 	{
@@ -416,10 +406,7 @@ taskBeginForeignModify(ModifyTableState *mtstate, ResultRelInfo *rinfo,
 	TaskFdwCheckPreloaded();
 	state = palloc0(sizeof(TaskModifyState));
 	state->map = TaskColumnMapBuild(rel);
-	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
-	state->userid = tfdw_result_rel_user(rinfo, mtstate->ps.state);
-	state->store = table_open(TaskStoreRelid(), RowExclusiveLock);
-	TaskStoreCheckVersion(state->store);
+	state->store = TaskStoreOpen(RowExclusiveLock);
 	subplan = outerPlanState(mtstate)->plan;
 	state->ctid_attno = ExecFindJunkAttributeInTlist(subplan->targetlist, "ctid");
 	if (!AttributeNumberIsValid(state->ctid_attno))
@@ -492,11 +479,12 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	sub.priority = defaults->priority;
 	sub.timeout = defaults->timeout;
 	sub.max_attempts = defaults->max_attempts;
-	sub.batch = defaults->batch ? CStringGetTextDatum(defaults->batch) : (Datum) 0;
+	sub.batch = target->batch;
 	sub.retry_sqlstates = target->retry_sqlstates;
 	sub.retry_delay = defaults->retry_delay;
 	sub.retry_interrupted = defaults->retry_interrupted;
 
+	/* Values taken from the slot, sql too, are copied: it is cleared for RETURNING. */
 	for (i = 0; i < state->map->natts; i++)
 	{
 		const TaskAttribute *attr = state->map->attrs[i];
@@ -516,7 +504,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				check_finite_run_at(rel, sub.run_at);
 				break;
 			case Anum_task_timeout:
-				sub.timeout = DatumGetIntervalP(value);
+				sub.timeout = DatumGetIntervalP(datumCopy(value, false, sizeof(Interval)));
 				check_positive(rel, "timeout", TaskFdwIntervalUsecs(sub.timeout) > 0);
 				break;
 			case Anum_task_max_attempts:
@@ -524,7 +512,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				check_positive(rel, "max_attempts", sub.max_attempts > 0);
 				break;
 			case Anum_task_batch:
-				sub.batch = value;
+				sub.batch = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
 				break;
 			default:
 				break;
@@ -537,7 +525,6 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 				 errmsg("null value in column \"sql\" of foreign table \"%s\"",
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
-	/* A copy, detoasted: the slot is cleared below to show the new task. */
 	sub.sql = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot->tts_values[state->sql_attno - 1]));
 	sqltext = TextDatumGetCString(sub.sql);
 	if (sqltext[strspn(sqltext, " \t\n\r\f\v")] == '\0')
@@ -547,31 +534,9 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 						RelationGetRelationName(rel)),
 				 errdetail("A task needs a SQL statement to run.")));
 	pfree(sqltext);
-	if (sub.batch != (Datum) 0)
-		sub.batch = PointerGetDatum(PG_DETOAST_DATUM_COPY(sub.batch));
-	if (sub.timeout)
-		sub.timeout = DatumGetIntervalP(datumCopy(IntervalPGetDatum(sub.timeout), false, 16));
 
-	/* What RETURNING can show of a task just submitted. */
-	memset(store_nulls, true, sizeof(store_nulls));
-#define SET_COLUMN(anum, datum) \
-	(store_values[(anum) - 1] = (datum), store_nulls[(anum) - 1] = false)
-	SET_COLUMN(Anum_task_id, Int64GetDatum(TaskStoreInsert(state->insert, &sub)));
-	SET_COLUMN(Anum_task_server_id, ObjectIdGetDatum(sub.serverid));
-	SET_COLUMN(Anum_task_sql, sub.sql);
-	SET_COLUMN(Anum_task_state, CStringGetTextDatum(TFDW_STATE_QUEUED));
-	SET_COLUMN(Anum_task_submitted_by, CStringGetTextDatum(sub.submitted_by));
-	SET_COLUMN(Anum_task_submitted_at, TimestampTzGetDatum(sub.submitted_at));
-	SET_COLUMN(Anum_task_priority, Int32GetDatum(sub.priority));
-	if (sub.has_run_at)
-		SET_COLUMN(Anum_task_run_at, TimestampTzGetDatum(sub.run_at));
-	if (sub.timeout)
-		SET_COLUMN(Anum_task_timeout, IntervalPGetDatum(sub.timeout));
-	SET_COLUMN(Anum_task_max_attempts, Int32GetDatum(sub.max_attempts));
-	SET_COLUMN(Anum_task_attempts, Int32GetDatum(0));
-	if (sub.batch != (Datum) 0)
-		SET_COLUMN(Anum_task_batch, sub.batch);
-#undef SET_COLUMN
+	/* RETURNING shows the task as stored. */
+	TaskStoreInsert(state->insert, &sub, store_values, store_nulls);
 	ExecClearTuple(slot);
 	TaskColumnMapProject(state->map, store_values, store_nulls,
 						 slot->tts_values, slot->tts_isnull);
@@ -579,28 +544,22 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 }
 
 /*
- * lock_target locks the latest version of the task that planSlot's row
- * identifies and returns it, with its id in *id; or returns NULL when the
- * task is gone or the user may not change it.
+ * target_task finds the id of the task that planSlot's row identifies, in
+ * *id, and returns whether the user may change that task.  It locks
+ * nothing: a task the user may not change (a member of task_fdw_monitor
+ * sees those) must not wait for the user's transaction to end.
  */
-static HeapTuple
-lock_target(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
+static bool
+target_task(TaskModifyState *state, TupleTableSlot *planSlot, int64 *id)
 {
 	bool		isnull;
 	Datum		ctid = ExecGetJunkAttribute(planSlot, state->ctid_attno, &isnull);
-	HeapTuple	tuple;
+	Oid			userid;
 
 	if (isnull)
 		elog(ERROR, "ctid is NULL");
-	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid));
-	tuple = TaskStoreLockTask(state->store, *id);
-	if (tuple == NULL)
-		return NULL;
-	if (!TaskStoreTaskVisible(DatumGetObjectId(heap_getattr(tuple, Anum_task_userid,
-															RelationGetDescr(state->store),
-															&isnull))))
-		return NULL;
-	return tuple;
+	*id = TaskStoreTaskIdAt(state->store, (ItemPointer) DatumGetPointer(ctid), &userid);
+	return TaskStoreTaskVisible(userid);
 }
 
 /*
@@ -658,23 +617,26 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 				 errmsg("null value in column \"priority\" of foreign table \"%s\"",
 						RelationGetRelationName(rel))));
 
-	tuple = lock_target(state, planSlot, &id);
+	if (!target_task(state, planSlot, &id))
+		return NULL;
+	tuple = TaskStoreLockTask(state->store, id);
 	if (tuple == NULL)
 		return NULL;
 	heap_deform_tuple(tuple, RelationGetDescr(state->store), values, nulls);
 	current = TextDatumGetCString(values[Anum_task_state - 1]);
 
-	if (TaskStateIsFinal(current) || (cancel && strcmp(current, TFDW_STATE_RUNNING) == 0))
+	/* A finished task keeps its real outcome; a cancel is never an error. */
+	if (cancel && TaskStateIsFinal(current))
+		return NULL;
+	if (!cancel && strcmp(current, TFDW_STATE_QUEUED) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot reschedule task " INT64_FORMAT ": it is %s", id, current),
+				 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
+
+	if (strcmp(current, TFDW_STATE_RUNNING) == 0)
 	{
-		/* A finished task keeps its real outcome; a cancel is never an error. */
-		if (cancel && TaskStateIsFinal(current))
-			return NULL;
-		if (!cancel)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot reschedule task " INT64_FORMAT ": it is %s", id, current),
-					 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
-		/* Running: the dispatcher cancels it on the remote after commit. */
+		/* A cancel: the dispatcher cancels it on the remote after commit. */
 		if (nulls[Anum_task_cancel_requested_at - 1])
 		{
 			values[Anum_task_cancel_requested_at - 1] =
@@ -683,11 +645,6 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 		}
 		what |= TFDW_XACT_CANCELLED;
 	}
-	else if (strcmp(current, TFDW_STATE_RUNNING) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot reschedule task " INT64_FORMAT ": it is running", id),
-				 errhint("Only queued tasks can be given a new priority or run_at; add WHERE state = 'queued'.")));
 	else
 	{
 		/* Queued. */
@@ -738,7 +695,9 @@ taskExecForeignDelete(EState *estate, ResultRelInfo *rinfo,
 	bool		isnull;
 	char	   *current;
 
-	tuple = lock_target(state, planSlot, &id);
+	if (!target_task(state, planSlot, &id))
+		return NULL;
+	tuple = TaskStoreDeleteTask(state->store, id);
 	if (tuple == NULL)
 		return NULL;
 	current = TextDatumGetCString(heap_getattr(tuple, Anum_task_state,
@@ -746,7 +705,6 @@ taskExecForeignDelete(EState *estate, ResultRelInfo *rinfo,
 	TaskFdwRequestDispatcher(strcmp(current, TFDW_STATE_RUNNING) == 0
 							 ? TFDW_XACT_LOCKED | TFDW_XACT_CANCELLED
 							 : TFDW_XACT_LOCKED);
-	TaskStoreDeleteTask(state->store, id);
 	return returning_slot(state, slot, tuple);
 }
 

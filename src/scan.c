@@ -213,8 +213,7 @@ taskBeginForeignScan(ForeignScanState *node, int eflags)
 		return;
 
 	state = palloc0(sizeof(TaskScanState));
-	state->store = table_open(TaskStoreRelid(), AccessShareLock);
-	TaskStoreCheckVersion(state->store);
+	state->store = TaskStoreOpen(AccessShareLock);
 	state->map = TaskColumnMapBuild(rel);
 	state->serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
 	state->kind = intVal(linitial(plan->fdw_private));

@@ -408,8 +408,7 @@ task_fdw_pool_status(PG_FUNCTION_ARGS)
 	LWLockRelease(TaskFdwState->lock);
 
 	rows = new_hash("task_fdw pool rows", sizeof(Oid) * 2, sizeof(PoolRow));
-	rel = table_open(TaskStoreRelid(), AccessShareLock);
-	TaskStoreCheckVersion(rel);
+	rel = TaskStoreOpen(AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	count_store_tasks(rel, snapshot, rows);
 	UnregisterSnapshot(snapshot);
@@ -564,8 +563,7 @@ task_fdw_task_statistics(PG_FUNCTION_ARGS)
 	TaskFdwCheckPreloaded();
 	InitMaterializedSRF(fcinfo, 0);
 	counts = new_hash("task_fdw state counts", sizeof(StateCountKey), sizeof(StateCount));
-	rel = table_open(TaskStoreRelid(), AccessShareLock);
-	TaskStoreCheckVersion(rel);
+	rel = TaskStoreOpen(AccessShareLock);
 	desc = RelationGetDescr(rel);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 

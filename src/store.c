@@ -12,7 +12,7 @@
  * Changes to existing tasks (cancel, reschedule, delete) go through SQL,
  * run as the owner of the store with prepared plans, because they must
  * lock the latest version of a row the dispatcher may be updating at the
- * same time, which SELECT ... FOR UPDATE does for us.
+ * same time, which SELECT ... FOR UPDATE and DELETE do for us.
  *
  * IDENTIFICATION
  *		  src/store.c
@@ -60,8 +60,7 @@ TaskStoreBeginInsert(EState *estate)
 {
 	TaskInsertState *state = palloc0(sizeof(TaskInsertState));
 
-	state->rel = table_open(TaskStoreRelid(), RowExclusiveLock);
-	TaskStoreCheckVersion(state->rel);
+	state->rel = TaskStoreOpen(RowExclusiveLock);
 	state->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(state->rri, state->rel, 0, NULL, 0);
 	ExecOpenIndices(state->rri, false);
@@ -72,10 +71,12 @@ TaskStoreBeginInsert(EState *estate)
 }
 
 /*
- * TaskStoreInsert stores a new queued task and returns its id.
+ * TaskStoreInsert stores a new queued task and fills values and nulls
+ * (Natts_task each) with the row stored, its new id included.
  */
-int64
-TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
+void
+TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
+				Datum *values, bool *nulls)
 {
 	TupleTableSlot *slot = state->slot;
 	int64		id = nextval_internal(state->seqid, false);
@@ -111,10 +112,11 @@ TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub)
 	SET_COLUMN(Anum_task_origin_server_id, ObjectIdGetDatum(sub->origin_serverid));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
+	memcpy(values, slot->tts_values, sizeof(Datum) * Natts_task);
+	memcpy(nulls, slot->tts_isnull, sizeof(bool) * Natts_task);
 
 	table_tuple_insert(state->rel, slot, GetCurrentCommandId(true), 0, NULL);
 	(void) tfdw_insert_index_tuples(state->rri, slot, state->estate);
-	return id;
 }
 
 /*
@@ -209,7 +211,7 @@ TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine)
 	" priority = $6, run_at = $7, cancel_requested_at = $8" \
 	" WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *"
 #define DELETE_SQL \
-	"DELETE FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1"
+	"DELETE FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *"
 
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr change_plan = NULL;
@@ -277,10 +279,11 @@ store_spi_end(StoreSpi *spi)
 
 /*
  * TaskStoreTaskIdAt returns the id of the task whose row version is at tid
- * in the task store rel (the version a scan of this command returned).
+ * in the task store rel (the version a scan of this command returned), and
+ * the role that submitted it in *userid.
  */
 int64
-TaskStoreTaskIdAt(Relation rel, ItemPointer tid)
+TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid)
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	bool		isnull;
@@ -290,6 +293,7 @@ TaskStoreTaskIdAt(Relation rel, ItemPointer tid)
 		elog(ERROR, "could not find the task at (%u,%u)",
 			 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid));
 	id = DatumGetInt64(slot_getattr(slot, Anum_task_id, &isnull));
+	*userid = DatumGetObjectId(slot_getattr(slot, Anum_task_userid, &isnull));
 	ExecDropSingleTupleTableSlot(slot);
 	return id;
 }
@@ -351,19 +355,24 @@ TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls)
 }
 
 /*
- * TaskStoreDeleteTask removes task id, locked by TaskStoreLockTask.
+ * TaskStoreDeleteTask removes the latest version of task id's row and
+ * returns a copy of it, or NULL if the task is gone.
  */
-void
+HeapTuple
 TaskStoreDeleteTask(Relation rel, int64 id)
 {
 	StoreSpi	spi;
 	Datum		values[1];
+	HeapTuple	tuple = NULL;
 
 	values[0] = Int64GetDatum(id);
 	store_spi_begin(&spi, rel);
-	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE)
+	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "could not delete task " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+		tuple = SPI_copytuple(SPI_tuptable->vals[0]);
 	store_spi_end(&spi);
+	return tuple;
 }
 
 /*

@@ -22,15 +22,15 @@
 
 #include "access/attnum.h"
 #include "access/htup.h"
-#include "storage/itemptr.h"
 #include "access/xact.h"
 #include "datatype/timestamp.h"
-#include "utils/timestamp.h"
 #include "foreign/foreign.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
+#include "storage/lockdefs.h"
 #include "storage/lwlock.h"
 #include "utils/relcache.h"
 
@@ -278,7 +278,7 @@ extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
 extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreRelid(void);
-extern void TaskStoreCheckVersion(Relation rel);
+extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern bool IsTaskFdwServer(Oid serverid);
 extern char *TaskFdwServerName(Oid serverid);
@@ -333,16 +333,17 @@ typedef struct TaskSubmission
 } TaskSubmission;
 
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
-extern int64 TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub);
+extern void TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
+							Datum *values, bool *nulls);
 extern void TaskStoreEndInsert(TaskInsertState *state);
 extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStoreTaskVisible(Oid task_userid);
 extern bool TaskStoreIsMonitor(void);
 extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
-extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid);
+extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
-extern void TaskStoreDeleteTask(Relation rel, int64 id);
+extern HeapTuple TaskStoreDeleteTask(Relation rel, int64 id);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
 extern int64 TaskStoreCountUnfinished(void);
 
