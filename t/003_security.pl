@@ -138,7 +138,7 @@ for my $role ('alice', 'bob')
 {
 	($rc, $out, $err) = as_role($role, q{
 INSERT INTO loop_tasks(sql) SELECT 'SELECT current_user AS who' FROM generate_series(1, 4);
-SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM loop_tasks WHERE state = 'queued'), '60s') \gset
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM loop_tasks), '60s') \gset
 SELECT string_agg(DISTINCT result->0->>'who', ',') || ' ' || string_agg(DISTINCT remote_pid::text, ',')
   FROM loop_tasks WHERE result IS NOT NULL;
 });
