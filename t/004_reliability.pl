@@ -194,7 +194,8 @@ $node->safe_psql('postgres', q{
 ALTER SYSTEM SET task_fdw.max_connections = 2;
 SELECT pg_reload_conf();
 });
-$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'");
+$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'")
+  or die 'task_fdw.max_connections = 2 did not take effect';
 # Idle pooled connections from earlier tests count too: start from none.
 $node->safe_psql('postgres', q{
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher';
