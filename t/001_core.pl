@@ -87,9 +87,7 @@ SELECT count(*) FILTER (WHERE state = 'done'),
 is($effects, $done, 'each done task ran exactly once; interrupted ones left no effect');
 
 # --- Without shared_preload_libraries the wrapper says what to do.
-my $plain = PostgreSQL::Test::Cluster->new('plain');
-$plain->init;
-$plain->start;
+my $plain = TaskFdwNode::new_plain_node('plain');
 $plain->safe_psql('postgres', q{
 CREATE EXTENSION task_fdw;
 CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;

@@ -15,12 +15,9 @@ my $bob_pw = 'bob-Secret-91c2';
 my $wrong_pw = 'not-bobs-Secret-55e0';
 
 # --- The remote: SCRAM for everyone but the test harness's superuser.
-my $remote = PostgreSQL::Test::Cluster->new('remote');
-$remote->init;
 # The test's own statements hold passwords: keep them out of the logs.
-$remote->append_conf('postgresql.conf',
+my $remote = TaskFdwNode::new_plain_node('remote',
 	"password_encryption = 'scram-sha-256'\nlog_statement = 'none'\n");
-$remote->start;
 my $admin = $remote->safe_psql('postgres', 'SELECT current_user');
 $remote->safe_psql('postgres', qq{
 CREATE ROLE alice LOGIN PASSWORD '$alice_pw';

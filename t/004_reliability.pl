@@ -13,9 +13,7 @@ use lib $FindBin::RealBin;
 use TaskFdwNode;
 use Time::HiRes qw(time);
 
-my $remote = PostgreSQL::Test::Cluster->new('remote');
-$remote->init;
-$remote->start;
+my $remote = TaskFdwNode::new_plain_node('remote');
 $remote->safe_psql('postgres', 'CREATE TABLE r_effects (n int)');
 
 my $node = TaskFdwNode::new_node('local', "restart_after_crash = on\n");

@@ -18,14 +18,8 @@ use Time::HiRes qw(time);
 
 my $tcp = "listen_addresses = '127.0.0.1'\n";
 my $node1 = TaskFdwNode::new_node('node1', $tcp);
-my $node2 = PostgreSQL::Test::Cluster->new('node2');
-my $node3 = PostgreSQL::Test::Cluster->new('node3');
-for my $node ($node2, $node3)
-{
-	$node->init;
-	$node->append_conf('postgresql.conf', $tcp);
-	$node->start;
-}
+my $node2 = TaskFdwNode::new_plain_node('node2', $tcp);
+my $node3 = TaskFdwNode::new_plain_node('node3', $tcp);
 my %nodes = (s1 => $node1, s2 => $node2, s3 => $node3);
 
 # Each node logs the tasks it ran: the task's number, how many task sessions
