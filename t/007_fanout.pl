@@ -61,19 +61,12 @@ INSERT INTO fan_log SELECT %s,
 	return;
 }
 
-# Waits for the tasks of batch $batch, and returns how many ended done.
+# Waits at most $timeout (60 s by default) for the tasks of batch $batch,
+# and returns how many are done then.
 sub wait_batch
 {
-	my ($batch) = @_;
-	return $node1->safe_psql('postgres',
-		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '60s')");
-}
-
-# Waits at most $timeout for the tasks of batch $batch, and returns how many
-# are done then.
-sub wait_batch_within
-{
 	my ($batch, $timeout) = @_;
+	$timeout //= '60s';
 	return $node1->safe_psql('postgres',
 		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '$timeout')");
 }
@@ -287,7 +280,7 @@ is($node1->safe_psql('postgres', "SELECT task_fdw.wait($s1_task, '60s')"), 'done
 kill 'CONT', $frozen;
 $frozen = undef;
 $start = time();
-is(wait_batch_within('b4', '5s'), '10',
+is(wait_batch('b4', '5s'), '10',
 	'once node3 runs again, its 10 tasks run on new connections without waiting for a recheck');
 diag(sprintf('they ran in %.2f s', time() - $start));
 
