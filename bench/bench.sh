@@ -7,12 +7,12 @@
 # writes it to bench/results.txt) and its progress on standard error.
 #
 # Workloads (see the README's Performance section):
-#   W1 throughput: 20,000 x SELECT 1 at P = 4 and P = 8
+#   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8
 #   W2 latency: 200 single tasks one after another
 #   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
 #   W4 status lookup with 1,000,000 finished tasks in history
 #   W5 submission of 100,000 tasks vs an INSERT into an ordinary table
-#   W6 dispatcher footprint during W1
+#   W6 dispatcher footprint during W1 at P = 4 and 8
 set -eu
 N=${BENCH_TASKS:-20000}
 . "$(dirname "$0")/../test/cluster.sh"
