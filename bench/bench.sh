@@ -191,7 +191,8 @@ row "W5 INSERT 100,000 tasks, s (vs plain table)" "$1" "$2" "" "$(echo "$1 $2" |
 
 # --- W4 lookups with 1,000,000 finished tasks and 10 queued ones.
 echo "W4: lookups among 1,000,000 finished tasks" >&2
-q -c "TRUNCATE task_fdw.task" >/dev/null
+# ids from 1, so that the ids looked up (1 to 1,000,000) are those of tasks
+q -c "TRUNCATE task_fdw.task RESTART IDENTITY" >/dev/null
 q >/dev/null <<'SQL'
 INSERT INTO task_fdw.task(server_id, origin_server_id, userid, sql, state, submitted_by, submitted_at, finished_at)
 SELECT s.oid, s.oid, (SELECT oid FROM pg_roles WHERE rolname = current_user),
