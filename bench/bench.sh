@@ -7,12 +7,12 @@
 # writes it to bench/results.txt) and its progress on standard error.
 #
 # Workloads (see the README's Performance section):
-#   W1 throughput: 20,000 x SELECT 1 at P = 4 and P = 8
+#   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8
 #   W2 latency: 200 single tasks one after another
 #   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
 #   W4 status lookup with 1,000,000 finished tasks in history
 #   W5 submission of 100,000 tasks vs an INSERT into an ordinary table
-#   W6 dispatcher footprint during W1
+#   W6 dispatcher footprint during W1 at P = 4 and 8
 set -eu
 N=${BENCH_TASKS:-20000}
 . "$(dirname "$0")/../test/cluster.sh"
@@ -178,8 +178,8 @@ CREATE TABLE plain (LIKE task_fdw.task INCLUDING ALL);
 SELECT clock_timestamp() AS t0 \gset
 INSERT INTO tasks4(sql, run_at) SELECT 'SELECT 1', now() + interval '1 year' FROM generate_series(1, 100000);
 SELECT clock_timestamp() AS t1 \gset
-INSERT INTO plain(server_id, userid, sql, submitted_by, submitted_at, run_at)
-SELECT 0, 10, 'SELECT 1', current_user, now(), now() + interval '1 year' FROM generate_series(1, 100000);
+INSERT INTO plain(server_id, origin_server_id, userid, sql, submitted_by, submitted_at, run_at)
+SELECT 0, 0, 10, 'SELECT 1', current_user, now(), now() + interval '1 year' FROM generate_series(1, 100000);
 SELECT clock_timestamp() AS t2 \gset
 SELECT round(extract(epoch FROM :'t1'::timestamptz - :'t0'::timestamptz)::numeric, 3) || ' ' ||
        round(extract(epoch FROM :'t2'::timestamptz - :'t1'::timestamptz)::numeric, 3);
@@ -191,12 +191,13 @@ row "W5 INSERT 100,000 tasks, s (vs plain table)" "$1" "$2" "" "$(echo "$1 $2" |
 
 # --- W4 lookups with 1,000,000 finished tasks and 10 queued ones.
 echo "W4: lookups among 1,000,000 finished tasks" >&2
-q -c "TRUNCATE task_fdw.task" >/dev/null
+# ids from 1, so that the ids looked up (1 to 1,000,000) are those of tasks
+q -c "TRUNCATE task_fdw.task RESTART IDENTITY" >/dev/null
 q >/dev/null <<'SQL'
-INSERT INTO task_fdw.task(server_id, userid, sql, state, submitted_by, submitted_at, finished_at)
-SELECT (SELECT oid FROM pg_foreign_server WHERE srvname = 'p4'), (SELECT oid FROM pg_roles WHERE rolname = current_user),
+INSERT INTO task_fdw.task(server_id, origin_server_id, userid, sql, state, submitted_by, submitted_at, finished_at)
+SELECT s.oid, s.oid, (SELECT oid FROM pg_roles WHERE rolname = current_user),
        'SELECT 1', 'done', current_user, now(), now()
-  FROM generate_series(1, 1000000);
+  FROM (SELECT oid FROM pg_foreign_server WHERE srvname = 'p4') s, generate_series(1, 1000000);
 INSERT INTO tasks4(sql, run_at) SELECT 'SELECT 1', now() + interval '1 year' FROM generate_series(1, 10);
 VACUUM ANALYZE task_fdw.task;
 SQL

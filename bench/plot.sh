@@ -6,11 +6,12 @@ set -eu
 command -v gnuplot >/dev/null || { echo "gnuplot is missing: no plot" >&2; exit 0; }
 data=$(mktemp)
 trap 'rm -f "$data"' EXIT
+cores=$(sed -n '1s/.* \([0-9][0-9]*\) cores,.*/\1/p' "$1")
 sed -n 's/^W1 tasks\/s, P=\([0-9]*\) *\([0-9]*\) *\([0-9]*\) *\([0-9]*\).*/\1 \2 \3 \4/p' "$1" > "$data"
 gnuplot <<PLOT
 set terminal png size 800,500 noenhanced
 set output '$2'
-set title 'Trivial statements per second against pool size (2 cores)'
+set title 'Trivial statements per second against pool size${cores:+ ($cores cores)}'
 set xlabel 'connections (pool size P)'
 set ylabel 'statements per second'
 set logscale y

@@ -40,8 +40,8 @@ INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '-1 hour');
 INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '1 month -30 days');
 INSERT INTO ctl_tasks(sql, attempts) VALUES ('SELECT 1', 2);
 INSERT INTO ctl_tasks(sql, notices) VALUES ('SELECT 1', '{}');
-SELECT count(*) AS finished
-  FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks UNION ALL SELECT id FROM ctl_retry));
+-- ctl_tasks shows every task of server ctl, ctl_retry's too
+SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks)) GROUP BY state;
 
 -- ===================================================================
 -- priorities: with one connection, higher priority runs first
@@ -80,8 +80,21 @@ SELECT state, started_at, remote_pid, attempts FROM ctl_tasks WHERE id = :cancel
 SELECT pg_advisory_lock(4242);
 INSERT INTO ctl_tasks(sql) VALUES ('SELECT pg_advisory_xact_lock(4242)')
 RETURNING id AS running_id \gset
+-- wait until the task runs: its remote statement waits for the lock (pg_locks,
+-- unlike pg_stat_activity, is read afresh within the DO block)
+DO $$
+BEGIN
+    FOR i IN 1 .. 3000 LOOP
+        IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted) THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    RAISE EXCEPTION 'the task did not start waiting for the advisory lock within 60 s';
+END $$;
 UPDATE ctl_tasks SET state = 'cancelled' WHERE id = :running_id;
 SELECT task_fdw.wait(:running_id);
+SELECT started_at IS NOT NULL AS started, sqlstate, error FROM ctl_tasks WHERE id = :running_id;
 -- the remote statement is over once the task is cancelled
 SELECT count(*) AS still_active FROM pg_stat_activity
  WHERE query = 'SELECT pg_advisory_xact_lock(4242)' AND state = 'active';

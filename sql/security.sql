@@ -45,14 +45,14 @@ SELECT pg_advisory_lock(77);
 INSERT INTO sec_tasks(sql, batch) VALUES ('SELECT pg_advisory_xact_lock(77)', 'bob')
 RETURNING id AS bob_task \gset
 SELECT submitted_by, state FROM sec_tasks;
-UPDATE sec_tasks SET state = 'cancelled' WHERE id = :alice_task;
-DELETE FROM sec_tasks WHERE id = :alice_task;
+UPDATE sec_tasks SET state = 'cancelled' WHERE id = :alice_task RETURNING id;
+DELETE FROM sec_tasks WHERE id = :alice_task RETURNING id;
 SELECT task_fdw.wait(:alice_task);
 SELECT * FROM task_fdw.wait(ARRAY[:alice_task, :bob_task]::bigint[], '10ms');
 SELECT * FROM task_fdw.wait_batch('alice');
 RESET ROLE;
 SET ROLE regress_alice;
-UPDATE sec_tasks SET state = 'cancelled' WHERE id = :bob_task;
+UPDATE sec_tasks SET state = 'cancelled' WHERE id = :bob_task RETURNING id;
 SELECT state FROM task_fdw.wait_batch('bob');
 RESET ROLE;
 SELECT pg_advisory_unlock(77);
@@ -78,8 +78,8 @@ SELECT CASE WHEN submitted_by LIKE 'regress_%' THEN submitted_by ELSE 'a superus
        state, result IS NULL AS no_result, notices, error, error_detail
   FROM sec_tasks ORDER BY id;
 -- but may not change them
-UPDATE sec_tasks SET state = 'cancelled' WHERE submitted_by <> 'regress_bob';
-DELETE FROM sec_tasks WHERE submitted_by <> 'regress_bob';
+UPDATE sec_tasks SET state = 'cancelled' WHERE submitted_by <> 'regress_bob' RETURNING id;
+DELETE FROM sec_tasks WHERE submitted_by <> 'regress_bob' RETURNING id;
 RESET ROLE;
 REVOKE task_fdw_monitor FROM regress_bob;
 

@@ -48,7 +48,8 @@ SELECT state, count(*)
 COPY tasks(sql) FROM stdin;
 SELECT 'copied'
 \.
-SELECT task_fdw.wait(max(id), '30s') FROM tasks;
+SELECT task_fdw.wait(id, '30s') FROM tasks WHERE sql = 'SELECT ''copied''';
+SELECT result FROM tasks WHERE sql = 'SELECT ''copied''';
 
 -- a server without a user mapping for the submitter
 CREATE SERVER nomap FOREIGN DATA WRAPPER task_fdw;

@@ -15,12 +15,9 @@ my $bob_pw = 'bob-Secret-91c2';
 my $wrong_pw = 'not-bobs-Secret-55e0';
 
 # --- The remote: SCRAM for everyone but the test harness's superuser.
-my $remote = PostgreSQL::Test::Cluster->new('remote');
-$remote->init;
 # The test's own statements hold passwords: keep them out of the logs.
-$remote->append_conf('postgresql.conf',
+my $remote = TaskFdwNode::new_plain_node('remote',
 	"password_encryption = 'scram-sha-256'\nlog_statement = 'none'\n");
-$remote->start;
 my $admin = $remote->safe_psql('postgres', 'SELECT current_user');
 $remote->safe_psql('postgres', qq{
 CREATE ROLE alice LOGIN PASSWORD '$alice_pw';
@@ -138,7 +135,7 @@ for my $role ('alice', 'bob')
 {
 	($rc, $out, $err) = as_role($role, q{
 INSERT INTO loop_tasks(sql) SELECT 'SELECT current_user AS who' FROM generate_series(1, 4);
-SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM loop_tasks WHERE state = 'queued'), '60s') \gset
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM loop_tasks), '60s') \gset
 SELECT string_agg(DISTINCT result->0->>'who', ',') || ' ' || string_agg(DISTINCT remote_pid::text, ',')
   FROM loop_tasks WHERE result IS NOT NULL;
 });

@@ -13,9 +13,7 @@ use lib $FindBin::RealBin;
 use TaskFdwNode;
 use Time::HiRes qw(time);
 
-my $remote = PostgreSQL::Test::Cluster->new('remote');
-$remote->init;
-$remote->start;
+my $remote = TaskFdwNode::new_plain_node('remote');
 $remote->safe_psql('postgres', 'CREATE TABLE r_effects (n int)');
 
 my $node = TaskFdwNode::new_node('local', "restart_after_crash = on\n");
@@ -146,15 +144,21 @@ $node->poll_query_until('postgres', "SELECT count(*) = 50 FROM remote_tasks WHER
 is($remote->safe_psql('postgres', q{SELECT count(DISTINCT n) || ' ' || count(*) FROM r_effects}), '50 50',
 	'once the remote is back, all 50 tasks ran, each once');
 
-# --- A pooled connection killed on the remote is replaced.
-my $rpid = $node->safe_psql('postgres', q{
-SELECT remote_pid FROM remote_tasks WHERE state = 'done' ORDER BY id DESC LIMIT 1});
-is($remote->safe_psql('postgres', "SELECT pg_terminate_backend($rpid, 10000)"), 't',
-	'a pooled connection is terminated on the remote');
+# --- Pooled connections killed on the remote are replaced.  All of them
+# are killed, so that the next task cannot be given one that survived.
+my $killed = $remote->safe_psql('postgres', q{
+SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE application_name LIKE 'task_fdw task %'});
+isnt($killed, '', "the pool has connections open on the remote ($killed)");
+is($remote->safe_psql('postgres', q{
+SELECT bool_and(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
+ WHERE application_name LIKE 'task_fdw task %'}), 't',
+	'the pooled connections are terminated on the remote');
 my $next = $node->safe_psql('postgres',
 	"INSERT INTO remote_tasks(sql) VALUES ('SELECT 1') RETURNING id");
 is($node->safe_psql('postgres', "SELECT task_fdw.wait($next, '30s')"), 'done',
 	'the next task on that pool succeeds');
+my $next_pid = $node->safe_psql('postgres', "SELECT remote_pid FROM remote_tasks WHERE id = $next");
+ok(!grep({ $_ eq $next_pid } split /,/, $killed), "on a new connection ($next_pid)");
 
 # --- A 10-million-row result does not grow the dispatcher's memory.
 # Returns the peak resident set size of the dispatcher, in kB.
@@ -188,7 +192,8 @@ $node->safe_psql('postgres', q{
 ALTER SYSTEM SET task_fdw.max_connections = 2;
 SELECT pg_reload_conf();
 });
-$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'");
+$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'")
+  or die 'task_fdw.max_connections = 2 did not take effect';
 # Idle pooled connections from earlier tests count too: start from none.
 $node->safe_psql('postgres', q{
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher';

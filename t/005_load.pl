@@ -18,10 +18,7 @@ my $sessions = 8;
 my $per_session = int($ntasks / $sessions);
 $ntasks = $per_session * $sessions;
 
-my $remote = PostgreSQL::Test::Cluster->new('load_remote');
-$remote->init;
-$remote->append_conf('postgresql.conf', "max_connections = 50\n");
-$remote->start;
+my $remote = TaskFdwNode::new_plain_node('load_remote', "max_connections = 50\n");
 $remote->safe_psql('postgres', 'CREATE TABLE effects (k int)');
 
 my $node = TaskFdwNode::new_node('load');

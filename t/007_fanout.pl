@@ -18,14 +18,8 @@ use Time::HiRes qw(time);
 
 my $tcp = "listen_addresses = '127.0.0.1'\n";
 my $node1 = TaskFdwNode::new_node('node1', $tcp);
-my $node2 = PostgreSQL::Test::Cluster->new('node2');
-my $node3 = PostgreSQL::Test::Cluster->new('node3');
-for my $node ($node2, $node3)
-{
-	$node->init;
-	$node->append_conf('postgresql.conf', $tcp);
-	$node->start;
-}
+my $node2 = TaskFdwNode::new_plain_node('node2', $tcp);
+my $node3 = TaskFdwNode::new_plain_node('node3', $tcp);
 my %nodes = (s1 => $node1, s2 => $node2, s3 => $node3);
 
 # Each node logs the tasks it ran: the task's number, how many task sessions
@@ -67,19 +61,12 @@ INSERT INTO fan_log SELECT %s,
 	return;
 }
 
-# Waits for the tasks of batch $batch, and returns how many ended done.
+# Waits at most $timeout (60 s by default) for the tasks of batch $batch,
+# and returns how many are done then.
 sub wait_batch
 {
-	my ($batch) = @_;
-	return $node1->safe_psql('postgres',
-		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '60s')");
-}
-
-# Waits at most $timeout for the tasks of batch $batch, and returns how many
-# are done then.
-sub wait_batch_within
-{
 	my ($batch, $timeout) = @_;
+	$timeout //= '60s';
 	return $node1->safe_psql('postgres',
 		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '$timeout')");
 }
@@ -293,7 +280,7 @@ is($node1->safe_psql('postgres', "SELECT task_fdw.wait($s1_task, '60s')"), 'done
 kill 'CONT', $frozen;
 $frozen = undef;
 $start = time();
-is(wait_batch_within('b4', '5s'), '10',
+is(wait_batch('b4', '5s'), '10',
 	'once node3 runs again, its 10 tasks run on new connections without waiting for a recheck');
 diag(sprintf('they ran in %.2f s', time() - $start));
 

@@ -6,20 +6,29 @@ use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 
-# new_node($name, $extra_conf): a started cluster with task_fdw preloaded,
-# plus any extra postgresql.conf lines.
-sub new_node
+# new_plain_node($name, $extra_conf): a started cluster with any extra
+# postgresql.conf lines, without task_fdw (a remote server, say).
+sub new_plain_node
 {
 	my ($name, $extra_conf) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 
 	$node->init;
-	$node->append_conf('postgresql.conf', qq{
+	$node->append_conf('postgresql.conf', $extra_conf) if defined $extra_conf;
+	$node->start;
+	return $node;
+}
+
+# new_node($name, $extra_conf): a started cluster with task_fdw preloaded,
+# plus any extra postgresql.conf lines.
+sub new_node
+{
+	my ($name, $extra_conf) = @_;
+
+	return new_plain_node($name, qq{
 shared_preload_libraries = 'task_fdw'
 max_worker_processes = 16
 } . ($extra_conf // ''));
-	$node->start;
-	return $node;
 }
 
 # setup_loopback($node, $pool_size): the extension, a loopback server with
