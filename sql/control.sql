@@ -56,6 +56,20 @@ INSERT INTO ctl_tasks(sql, priority) VALUES
     ($$INSERT INTO run_order(label) VALUES ('p1')$$, 1),
     ($$INSERT INTO run_order(label) VALUES ('p5')$$, 5),
     ($$INSERT INTO run_order(label) VALUES ('p3')$$, 3);
+-- The connection may claim the three ahead of the blocker, recorded as
+-- running; they go back to the queue once the blocker has run for a while
+-- (20 ms), and none is claimed ahead of it after that.  Wait for both.
+DO $$
+BEGIN
+    FOR i IN 1 .. 3000 LOOP
+        IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)
+           AND (SELECT count(*) FROM ctl_tasks WHERE state = 'queued') = 3 THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    RAISE EXCEPTION 'the blocker did not start, or the other tasks did not go back to the queue, within 60 s';
+END $$;
 -- while the blocker holds the connection, queue one more and cancel it
 INSERT INTO ctl_tasks(sql, priority) VALUES
     ($$INSERT INTO run_order(label) VALUES ('cancelled')$$, 50)

@@ -89,7 +89,8 @@ static void update_wait_set(void);
 static long next_timeout(TimestampTz now);
 static bool dispatcher_idle(void);
 static void dispatcher_shutdown(void);
-static List *running_tasks(void);
+static List *running_tasks(bool ahead);
+static void release_ahead(TimestampTz now);
 static TimestampTz cancel_due_at(Task *task);
 static bool cancels_due(TimestampTz now);
 static void send_due_cancels(List *running, TimestampTz now);
@@ -325,6 +326,13 @@ dispatcher_loop(void)
 			else if (events[i].user_data != NULL)
 				ConnAdvance((Conn *) events[i].user_data, events[i].events);
 		}
+
+		/*
+		 * Only now, with what the sockets had to say read, does a task
+		 * that has not ended really run long: not while a turn kept its
+		 * results unread.
+		 */
+		release_ahead(GetCurrentTimestamp());
 	}
 }
 
@@ -382,6 +390,7 @@ gathering(TimestampTz now)
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
 			if ((conn->state == CONN_RESETTING || conn->state == CONN_RUNNING) &&
+				conn->task != NULL &&
 				now < TimestampTzPlusMilliseconds(conn->task->started_at, GATHER_MS))
 			{
 				hash_seq_term(&status);
@@ -393,10 +402,11 @@ gathering(TimestampTz now)
 }
 
 /*
- * running_tasks returns the tasks that are running on a connection.
+ * running_tasks returns the tasks that are running on a connection, and
+ * with ahead those claimed ahead too.
  */
 static List *
-running_tasks(void)
+running_tasks(bool ahead)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
@@ -411,12 +421,50 @@ running_tasks(void)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
+			dlist_iter	ahead_iter;
+
 			if (conn->task != NULL &&
 				(conn->state == CONN_RESETTING || conn->state == CONN_RUNNING))
 				running = lappend(running, conn->task);
+			if (!ahead)
+				continue;
+			dlist_foreach(ahead_iter, &conn->ahead)
+				running = lappend(running,
+								  dlist_container(Task, node, ahead_iter.cur));
 		}
 	}
 	return running;
+}
+
+/*
+ * release_ahead hands back to the queue the tasks claimed ahead that their
+ * submitters cancelled since (now is 0), or that wait behind a task that
+ * has run for long by now.
+ */
+static void
+release_ahead(TimestampTz now)
+{
+	HASH_SEQ_STATUS status;
+	Pool	   *pool;
+
+	hash_seq_init(&status, PoolTable());
+	while ((pool = hash_seq_search(&status)) != NULL)
+	{
+		dlist_iter	iter;
+
+		if (pool->nahead == 0)
+			continue;
+		dlist_foreach(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+			TimestampTz stalled_at = ConnStalledAt(conn);
+
+			if (now == 0)
+				ConnReleaseAhead(conn, true);
+			else if (conn->nahead > 0 && stalled_at != 0 && now >= stalled_at)
+				ConnReleaseAhead(conn, false);
+		}
+	}
 }
 
 /*
@@ -439,7 +487,7 @@ cancel_due_at(Task *task)
 static bool
 cancels_due(TimestampTz now)
 {
-	List	   *running = running_tasks();
+	List	   *running = running_tasks(false);
 	ListCell   *lc;
 	bool		due = false;
 
@@ -531,10 +579,14 @@ bookkeeping(TimestampTz now)
 
 	record_finished();
 
-	running = running_tasks();
+	running = running_tasks(false);
 	if (check_cancels)
 	{
-		QueueMarkCancelled(running);
+		List	   *claimed = running_tasks(true);
+
+		QueueMarkCancelled(claimed);
+		list_free(claimed);
+		release_ahead(0);
 		check_cancels = false;
 	}
 	send_due_cancels(running, now);
@@ -552,36 +604,70 @@ bookkeeping(TimestampTz now)
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
 	{
-		int			capacity = PoolCapacity(pool);
+		int			capacity = PoolCapacity(pool, now);
 
 		if (pool->has_queued && capacity > 0)
 			QueueFetch(pool, capacity, now);
-		PoolAssignHeld(pool, &starting);
+		PoolAssignHeld(pool, &starting, now);
 		PoolConnect(pool);
 	}
 
 	if (!dlist_is_empty(&starting))
 	{
+		dlist_iter	start_iter;
+
 		StatsMarkChanged();
+		dlist_foreach(start_iter, &starting)
+		{
+			Task	   *task = dlist_container(Task, node, start_iter.cur);
+
+			if (task->conn->task == task)
+				ConnResetEarly(task->conn);
+		}
 		QueueRecordStarts(&starting);
 	}
 	dlist_foreach_modify(iter, &starting)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 
+		Conn	   *conn = task->conn;
+		bool		ahead = conn->task != task;
+
 		dlist_delete(&task->node);
-		if (task->recorded)
+		if (ahead)
 		{
-			task->pool->tasks_started++;
-			dlist_push_tail(&sendable, &task->node);
+			conn->nahead--;
+			task->pool->nahead--;
 		}
-		else
+		if (!task->recorded)
 		{
-			/* Cancelled, deleted, postponed or locked: free the connection. */
-			task->conn->task = NULL;
-			task->conn->state = CONN_IDLE;
+			/*
+			 * Cancelled, deleted, postponed or locked: free the connection,
+			 * once the reset begun for the task is through.
+			 */
+			if (!ahead)
+			{
+				conn->task = NULL;
+				if (conn->state != CONN_RESETTING ||
+					PQstatus(conn->conn) == CONNECTION_BAD)
+					conn->state = CONN_IDLE;
+			}
 			MemoryContextDelete(task->cxt);
+			continue;
 		}
+		task->pool->tasks_started++;
+		if (ahead && conn->task != NULL)
+		{
+			dlist_push_tail(&conn->ahead, &task->node);
+			conn->nahead++;
+			task->pool->nahead++;
+			continue;
+		}
+		/* Claimed ahead of a task that did not start: it goes first. */
+		conn->task = task;
+		if (conn->state != CONN_RESETTING)
+			conn->state = CONN_ASSIGNED;
+		dlist_push_tail(&sendable, &task->node);
 	}
 
 	QueueCommit();
@@ -756,6 +842,8 @@ next_timeout(TimestampTz now)
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 
 			WAKE_BY(conn->deadline);
+			if (conn->nahead > 0)
+				WAKE_BY(ConnStalledAt(conn));
 			if (conn->task != NULL)
 				WAKE_BY(cancel_due_at(conn->task));
 		}
@@ -835,7 +923,8 @@ cancel_running(void)
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 			PGcancel   *cancel;
 
-			if (conn->state != CONN_RESETTING && conn->state != CONN_RUNNING)
+			if ((conn->state != CONN_RESETTING && conn->state != CONN_RUNNING) ||
+				conn->task == NULL)
 				continue;
 			cancel = PQgetCancel(conn->conn);
 			if (cancel)
@@ -848,6 +937,7 @@ cancel_running(void)
 					 "and the remote server may or may not have completed it");
 			DispatcherTaskFinished(conn->task);
 			conn->task = NULL;
+			ConnReleaseAhead(conn, false);
 		}
 	}
 }

@@ -41,7 +41,8 @@ typedef struct Task
 	MemoryContext cxt;
 	struct Pool *pool;
 	struct Conn *conn;			/* connection running it, or NULL */
-	dlist_node	node;			/* in pool->held, starting or finished */
+	dlist_node	node;			/* in pool->held, conn->ahead, starting or
+								 * finished */
 
 	/* control, from the task's row */
 	int64		timeout;		/* microseconds, 0 = none */
@@ -86,7 +87,8 @@ typedef enum ConnState
 	CONN_CONNECTING,			/* PQconnectPoll under way */
 	CONN_IDLE,					/* connected, no task */
 	CONN_ASSIGNED,				/* task waits for its start to be recorded */
-	CONN_RESETTING,				/* session reset before the task is sent */
+	CONN_RESETTING,				/* session reset before the task is sent (or
+								 * without a task, if it did not start) */
 	CONN_RUNNING,				/* task sent, reading its results */
 	CONN_CANCELLING,			/* canceller: cancel request sent */
 	CONN_CLOSED					/* to be freed */
@@ -102,11 +104,13 @@ typedef struct Conn
 	uint32		wait_events;	/* events it waits for */
 	uint32		registered_events;	/* events registered in the wait set */
 	int			wait_pos;		/* its position in the wait set, or -1 */
-	bool		used;			/* has run a task: reset before the next */
+	bool		used;			/* ran a task since its last session reset */
 	int			syncs_pending;	/* of the session reset pipeline */
 	int64		appname_task;	/* task named by its application_name */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
+	dlist_head	ahead;			/* started tasks to send after task */
+	int			nahead;
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
@@ -145,6 +149,13 @@ typedef struct Pool
 	bool		cursor_valid;
 	int32		cursor_priority;
 	int64		cursor_id;
+	/*
+	 * How long its tasks ran lately (an exponential moving average of the
+	 * time from sending a task to its last result, in microseconds; -1 until
+	 * one ran): connections claim short tasks ahead (PoolAhead).
+	 */
+	int64		run_usecs;
+	int			nahead;			/* tasks claimed ahead, over all connections */
 	bool		require_password;	/* connections must have used the password */
 	bool		invalidated;	/* server or mapping changed: reconnect */
 
@@ -167,10 +178,12 @@ extern void PoolInit(void);
 extern Pool *PoolLookup(Oid serverid, Oid userid, bool create);
 extern HTAB *PoolTable(void);
 extern int	PoolBusy(Pool *pool);
-extern int	PoolCapacity(Pool *pool);
+extern int	PoolCapacity(Pool *pool, TimestampTz now);
+extern int	PoolAhead(Pool *pool);
+extern void PoolNoteRunTime(Pool *pool, int64 usecs);
 extern bool PoolWantsTurn(Pool *pool, TimestampTz now);
 extern Task *PoolTakeHeld(Pool *pool);
-extern void PoolAssignHeld(Pool *pool, dlist_head *starting);
+extern void PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now);
 extern void PoolConnect(Pool *pool);
 extern void PoolCloseConn(Conn *conn);
 extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
@@ -186,7 +199,10 @@ extern TimestampTz PoolNextAttention(Pool *pool);
 /* in task_exec.c */
 extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnLost(Conn *conn);
+extern void ConnResetEarly(Conn *conn);
 extern void ConnSendTask(Conn *conn);
+extern void ConnReleaseAhead(Conn *conn, bool cancelled_only);
+extern TimestampTz ConnStalledAt(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);
 extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,
 							   const char *detail, const char *hint);

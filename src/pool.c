@@ -32,11 +32,19 @@
 #include "task_fdw.h"
 #include "dispatcher.h"
 
+/*
+ * Connections claim tasks ahead while that is about this much work
+ * (PoolAhead): enough to keep them busy through a bookkeeping turn, little
+ * enough that a task claimed behind a long one is soon handed back.
+ */
+#define AHEAD_BUDGET_USECS	8000
+
 static HTAB *pools = NULL;
 
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static int	pool_count_state(Pool *pool, ConnState state);
+static bool pool_takes_ahead(Conn *conn, TimestampTz now);
 static void pool_expire_held(Pool *pool, TimestampTz now);
 static void pool_close_idle_elsewhere(Pool *pool);
 static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
@@ -125,6 +133,8 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->refused = false;
 		pool->tasks_started = 0;
 		pool->tasks_finished = 0;
+		pool->run_usecs = -1;
+		pool->nahead = 0;
 		StatsMarkChanged();
 	}
 	return pool;
@@ -160,14 +170,80 @@ PoolBusy(Pool *pool)
 }
 
 /*
- * PoolCapacity returns how many more tasks pool can claim now.
+ * PoolCapacity returns how many more tasks pool can claim now: one for each
+ * connection it may still open or that is idle, and those its connections
+ * may claim ahead (see pool_takes_ahead).
  */
 int
-PoolCapacity(Pool *pool)
+PoolCapacity(Pool *pool, TimestampTz now)
 {
+	int			ahead = PoolAhead(pool);
 	int			free = pool->pool_size - PoolBusy(pool) - pool->nheld;
+	dlist_iter	iter;
 
+	if (ahead > 0)
+	{
+		dlist_foreach(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+			if (conn->state == CONN_IDLE)
+				free += ahead;
+			else if (pool_takes_ahead(conn, now))
+				free += Max(ahead - conn->nahead, 0);
+		}
+	}
 	return free > 0 ? free : 0;
+}
+
+/*
+ * pool_takes_ahead returns whether conn, which runs a task, may claim tasks
+ * ahead of it now: not a canceller, nor while its task is being cancelled
+ * or has run long.
+ */
+static bool
+pool_takes_ahead(Conn *conn, TimestampTz now)
+{
+	TimestampTz stalled_at = ConnStalledAt(conn);
+
+	return conn->task != NULL && conn->cancel_pid == 0 &&
+		conn->task->cancel_reason == TASK_CANCEL_NONE &&
+		(stalled_at == 0 || now < stalled_at);
+}
+
+/*
+ * PoolAhead returns how many tasks each of pool's connections may claim
+ * ahead of the one it runs: none until all pool_size connections are open
+ * (opening more comes first) or while its tasks take AHEAD_BUDGET_USECS or
+ * longer, otherwise about that much work, within task_fdw.claim_ahead.
+ *
+ * A connection then sends its next task as soon as the last one ends,
+ * instead of waiting for a bookkeeping turn, and a turn records many starts
+ * and outcomes with one commit.  A task claimed ahead is recorded as
+ * running before it is sent, like any other, so it is never sent twice; if
+ * it is not sent after all (the task before it runs long, the connection
+ * breaks, it is cancelled) it goes back to the queue.
+ */
+int
+PoolAhead(Pool *pool)
+{
+	if (TaskFdwClaimAhead <= 0 || pool->run_usecs < 0 ||
+		pool->nconns < pool->pool_size || pool->invalidated)
+		return 0;
+	return (int) Min(TaskFdwClaimAhead, AHEAD_BUDGET_USECS / Max(pool->run_usecs, 1));
+}
+
+/*
+ * PoolNoteRunTime adds the run time of one of pool's tasks, in microseconds,
+ * to the moving average that PoolAhead goes by.
+ */
+void
+PoolNoteRunTime(Pool *pool, int64 usecs)
+{
+	if (pool->run_usecs < 0)
+		pool->run_usecs = usecs;
+	else
+		pool->run_usecs += (usecs - pool->run_usecs) / 8;
 }
 
 /*
@@ -186,7 +262,7 @@ PoolWantsTurn(Pool *pool, TimestampTz now)
 		return true;
 	if (pool->down_since != 0)
 		return false;
-	if (pool->has_queued && PoolCapacity(pool) > 0)
+	if (pool->has_queued && PoolCapacity(pool, now) > 0)
 		return true;
 	if (pool->nheld == 0)
 		return false;
@@ -209,13 +285,18 @@ PoolTakeHeld(Pool *pool)
 
 /*
  * PoolAssignHeld gives pool's held tasks, oldest first, to its idle
- * connections, and appends them to starting: their start is recorded
- * before they are sent.
+ * connections, then as many as PoolAhead allows to its busy ones (not those
+ * whose task has run long by now), one by one in turn, and appends them to
+ * starting: their start is recorded before they are sent.  A task claimed
+ * ahead counts in conn->nahead already, and joins conn->ahead once its
+ * start is recorded.
  */
 void
-PoolAssignHeld(Pool *pool, dlist_head *starting)
+PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now)
 {
 	dlist_iter	iter;
+	int			ahead = PoolAhead(pool);
+	int			level;
 
 	dlist_foreach(iter, &pool->conns)
 	{
@@ -232,6 +313,26 @@ PoolAssignHeld(Pool *pool, dlist_head *starting)
 		task->conn = conn;
 		task->remote_pid = PQbackendPID(conn->conn);
 		dlist_push_tail(starting, &task->node);
+	}
+
+	for (level = 1; level <= ahead && pool->nheld > 0; level++)
+	{
+		dlist_foreach(iter, &pool->conns)
+		{
+			Conn	   *conn = dlist_container(Conn, node, iter.cur);
+			Task	   *task;
+
+			if (pool->nheld == 0)
+				break;
+			if (conn->nahead >= level || !pool_takes_ahead(conn, now))
+				continue;
+			task = PoolTakeHeld(pool);
+			task->conn = conn;
+			task->remote_pid = PQbackendPID(conn->conn);
+			conn->nahead++;
+			pool->nahead++;
+			dlist_push_tail(starting, &task->node);
+		}
 	}
 }
 
@@ -587,6 +688,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	conn->appname_task = appname_task;
 	conn->cancel_pid = cancel_pid;
 	conn->counted = conn_counted;
+	dlist_init(&conn->ahead);
 	if (pool->connect_timeout > 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 pool->connect_timeout * 1000);
@@ -606,13 +708,15 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 
 /*
  * PoolCloseConn closes conn and forgets it.  Its task, if any, must already
- * have been finished or handed back by the caller.
+ * have been finished or handed back by the caller; the tasks it claimed
+ * ahead go back to the queue.
  */
 void
 PoolCloseConn(Conn *conn)
 {
 	Pool	   *pool = conn->pool;
 
+	ConnReleaseAhead(conn, false);
 	PQfinish(conn->conn);
 	ReleaseExternalFD();
 	if (conn->counted)

@@ -104,16 +104,20 @@
 
 /*
  * Record the outcomes of tasks $1, one array element per task and column:
- * final, or queued again for a retry at $14 (which a cancel committed
- * meanwhile turns into cancelled).  Notices come as one JSON array of
+ * final, or queued again for a retry at $14 or, without $14, because the
+ * task was never sent (which a cancel committed meanwhile turns into
+ * cancelled).  A task queued again before its first attempt keeps no start.  Notices come as one JSON array of
  * strings per task.  Returns the id and state recorded of each task updated;
  * none for a task that is gone, final already, or locked.
  */
 #define FINISH_SQL \
 	"UPDATE task_fdw.task t SET state = s.state," \
 	" finished_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN NULL ELSE u.finished_at END," \
-	" run_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN u.retry_at ELSE t.run_at END," \
-	" started_at = COALESCE(u.started_at, t.started_at)," \
+	" run_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN COALESCE(u.retry_at, t.run_at)" \
+	"          ELSE t.run_at END," \
+	" started_at = CASE WHEN u.attempts OPERATOR(pg_catalog.=) 0 THEN NULL" \
+	"              ELSE COALESCE(u.started_at, t.started_at) END," \
+	" remote_pid = CASE WHEN u.attempts OPERATOR(pg_catalog.=) 0 THEN NULL ELSE t.remote_pid END," \
 	" command_tag = u.command_tag, rows = u.rows, result = u.result," \
 	" result_truncated = u.truncated, error = u.error, sqlstate = u.sqlstate," \
 	" error_detail = u.detail, error_hint = u.hint, error_context = u.context," \

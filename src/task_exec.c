@@ -36,13 +36,22 @@
  */
 #define SESSION_RESET_SQL "DISCARD ALL"
 
+/*
+ * Tasks a connection claimed ahead go back to the queue once the task it
+ * runs has taken AHEAD_STALL_MS, or four times as long as the pool's tasks
+ * usually take if that is longer: other connections may be free for them.
+ */
+#define AHEAD_STALL_MS		20
+
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
 static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
+static void task_unstart(Task *task);
 static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool pipeline_send(Conn *conn, const char *sql);
 static bool conn_send_sql(Conn *conn);
+static bool conn_begin(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -244,6 +253,19 @@ conn_flush(Conn *conn)
 }
 
 /*
+ * ConnResetEarly starts the session reset of conn, whose task was just
+ * assigned, while the task's start is being recorded: the remote resets
+ * while the dispatcher commits.  Only ConnSendTask, after the commit, lets
+ * the task's SQL follow.
+ */
+void
+ConnResetEarly(Conn *conn)
+{
+	if (conn->used || conn->appname_task != conn->task->id)
+		(void) conn_begin(conn);
+}
+
+/*
  * ConnSendTask sends conn's task, once its start has been recorded: first,
  * if it needs them, the session reset and the application_name that names
  * the task, pipelined, then (once they are through) the task's SQL.
@@ -252,28 +274,39 @@ void
 ConnSendTask(Conn *conn)
 {
 	Task	   *task = conn->task;
-	bool		reset = conn->used || conn->appname_task != task->id;
-	bool		ok;
 
 	task->started_at = GetCurrentTimestamp();
 	if (task->timeout > 0)
 		task->deadline = task->started_at + task->timeout;
-	if (!reset)
-		ok = conn_send_sql(conn);
-	else
-	{
-		conn->state = CONN_RESETTING;
-		conn->syncs_pending = 0;
-		ok = PQenterPipelineMode(conn->conn) &&
-			(!conn->used || pipeline_send(conn, SESSION_RESET_SQL)) &&
-			pipeline_send(conn, psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
-										 task->id)) &&
-			conn_flush(conn);
-	}
-	conn->used = true;
-	conn->appname_task = task->id;
-	if (!ok)
+	if (PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);
+	else if (conn->state == CONN_RESETTING)
+		return;					/* conn_reset_result sends it */
+	else if (!conn_begin(conn))
+		ConnLost(conn);
+}
+
+/*
+ * conn_begin sends the session reset conn needs before its task (DISCARD
+ * ALL if a task ran since the last one, and the application_name naming
+ * the task), or if it needs none the task's SQL.  Returns false if the
+ * connection broke.
+ */
+static bool
+conn_begin(Conn *conn)
+{
+	Task	   *task = conn->task;
+
+	if (!conn->used && conn->appname_task == task->id)
+		return conn_send_sql(conn);
+	conn->state = CONN_RESETTING;
+	conn->syncs_pending = 0;
+	conn->appname_task = task->id;
+	return PQenterPipelineMode(conn->conn) &&
+		(!conn->used || pipeline_send(conn, SESSION_RESET_SQL)) &&
+		pipeline_send(conn, psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
+									 task->id)) &&
+		conn_flush(conn);
 }
 
 /*
@@ -296,15 +329,18 @@ static bool
 conn_send_sql(Conn *conn)
 {
 	conn->state = CONN_RUNNING;
+	conn->used = true;
 	return PQsendQuery(conn->conn, conn->task->sql) &&
 		PQsetSingleRowMode(conn->conn) && conn_flush(conn);
 }
 
 /*
  * conn_reset_result handles one result of conn's session reset pipeline,
- * and once the pipeline is through sends the task, unless the reset failed
- * (then the task ends with that error, unsent).  Returns false if the
- * connection broke.
+ * and once the pipeline is through goes on with the task (resetting again
+ * if it is another task than the one the reset named), unless the reset
+ * failed (then the task ends with that error, unsent).  A reset begun early
+ * for a task that did not start leaves conn idle.  Returns false if the
+ * connection broke, or a reset without a task failed.
  */
 static bool
 conn_reset_result(Conn *conn, PGresult *res)
@@ -312,17 +348,29 @@ conn_reset_result(Conn *conn, PGresult *res)
 	if (res == NULL)
 		return true;			/* the end of one statement's results */
 	if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+	{
+		if (conn->task == NULL)
+			return false;
 		capture_error(conn->task, res, conn->conn);
+	}
 	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC || --conn->syncs_pending > 0)
 		return true;
 	if (!PQexitPipelineMode(conn->conn))
 		return false;
+	if (conn->task == NULL)
+	{
+		conn->used = false;
+		conn->state = CONN_IDLE;
+		conn->wait_events = WL_SOCKET_READABLE;
+		return true;
+	}
 	if (conn->task->final_state != NULL)
 	{
 		conn->state = CONN_RUNNING;
 		return true;
 	}
-	return conn_send_sql(conn);
+	conn->used = false;
+	return conn_begin(conn);
 }
 
 /*
@@ -358,6 +406,8 @@ conn_io(Conn *conn, uint32 events)
 				ConnLost(conn);
 				return;
 			}
+			if (conn->state == CONN_IDLE)
+				return;
 			continue;
 		}
 		if (res == NULL)
@@ -406,6 +456,7 @@ conn_task_done(Conn *conn, bool reusable)
 	task->conn = NULL;
 	conn->task = NULL;
 	DispatcherTaskFinished(task);
+	PoolNoteRunTime(conn->pool, task->finished_at - task->started_at);
 
 	/*
 	 * A task that left a transaction open, or a broken session, is not
@@ -422,6 +473,77 @@ conn_task_done(Conn *conn, bool reusable)
 	}
 	conn->state = CONN_IDLE;
 	conn->wait_events = WL_SOCKET_READABLE;
+
+	/* The next task claimed ahead goes at once, without waiting for a turn. */
+	if (!dlist_is_empty(&conn->ahead))
+	{
+		conn->task = dlist_container(Task, node, dlist_pop_head_node(&conn->ahead));
+		conn->nahead--;
+		conn->pool->nahead--;
+		ConnSendTask(conn);
+	}
+}
+
+/*
+ * ConnReleaseAhead hands the tasks conn claimed ahead back to the queue
+ * (only those cancelled since, if cancelled_only).
+ */
+void
+ConnReleaseAhead(Conn *conn, bool cancelled_only)
+{
+	dlist_mutable_iter iter;
+	int			released = 0;
+
+	dlist_foreach_modify(iter, &conn->ahead)
+	{
+		Task	   *task = dlist_container(Task, node, iter.cur);
+
+		if (cancelled_only && task->cancel_reason == TASK_CANCEL_NONE)
+			continue;
+		dlist_delete(&task->node);
+		conn->nahead--;
+		conn->pool->nahead--;
+		task_unstart(task);
+		released++;
+	}
+	if (released > 0 && !cancelled_only && conn->task != NULL)
+		ereport(DEBUG1,
+				(errmsg_internal("task_fdw: %d tasks claimed ahead on a connection to server \"%s\" go back to the queue, as task " INT64_FORMAT " before them runs long",
+								 released, conn->pool->server_name, conn->task->id)));
+}
+
+/*
+ * ConnStalledAt returns when the task conn runs will have run so long that
+ * no task should wait behind it, claimed ahead, or 0 if it runs none.
+ */
+TimestampTz
+ConnStalledAt(Conn *conn)
+{
+	if (conn->task == NULL || conn->state == CONN_ASSIGNED)
+		return 0;
+	return conn->task->started_at +
+		Max((int64) AHEAD_STALL_MS * 1000, 4 * conn->pool->run_usecs);
+}
+
+/*
+ * task_unstart queues task, whose start was recorded but which was never
+ * sent, to have its start undone: it is recorded as queued again, as it
+ * was (or as cancelled, if its submitter cancelled it meanwhile).  It does
+ * not count as started or finished.
+ */
+static void
+task_unstart(Task *task)
+{
+	Pool	   *pool = task->pool;
+
+	task->conn = NULL;
+	task->attempts--;
+	task->started_at = 0;
+	task->final_state = TFDW_STATE_QUEUED;
+	task->resolved = true;
+	DispatcherTaskFinished(task);
+	pool->tasks_started--;
+	pool->tasks_finished--;
 }
 
 /*

@@ -37,6 +37,7 @@ int			TaskFdwMaxResultRows = 1000;
 int			TaskFdwMaxResultBytes = 1024 * 1024;
 int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
+int			TaskFdwClaimAhead = 16;
 int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
@@ -112,6 +113,13 @@ _PG_init(void)
 							"Tasks wait in the queue while the limit is reached; 0 means no limit.",
 							&TaskFdwMaxConnections,
 							100, 0, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.claim_ahead",
+							"Maximum number of short tasks a pooled connection claims ahead of the one it runs.",
+							"Claimed tasks are recorded as running; 0 claims a task only when a connection is free.",
+							&TaskFdwClaimAhead,
+							16, 0, 1000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");

@@ -236,6 +236,7 @@ extern int	TaskFdwMaxNotices;
 extern int	TaskFdwMaxNoticeBytes;
 extern int	TaskFdwRetention;
 extern int	TaskFdwMaxConnections;
+extern int	TaskFdwClaimAhead;
 extern void TaskFdwCheckPreloaded(void);
 
 /* in option.c */

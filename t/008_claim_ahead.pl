@@ -1,0 +1,120 @@
+# Claiming ahead: once a pool's tasks are known to be short, each connection
+# claims several queued tasks at once (recorded as running) and sends the
+# next as soon as the last one ends.  A task claimed behind one that runs
+# long must go back to the queue, run once on another connection, and not
+# count as an attempt; task_fdw.claim_ahead = 0 turns claiming ahead off.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TaskFdwNode;
+
+my $node = TaskFdwNode::new_node('ahead', "log_min_messages = debug1\n");
+TaskFdwNode::setup_loopback($node, 2);
+$node->safe_psql('postgres', 'CREATE TABLE effects (k int)');
+
+# Short tasks first: the pool learns how long its tasks take, and opens both
+# of its connections.
+is( $node->safe_psql('postgres', q{
+INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 200);
+SELECT string_agg(state || ' ' || n, ', ') FROM (
+  SELECT state, count(*) AS n FROM task_fdw.wait(ARRAY(SELECT id FROM tasks), '60s')
+   GROUP BY state) s;
+}),
+	'done 200',
+	'200 short tasks finish');
+is($node->safe_psql('postgres', 'SELECT max(attempts) FROM tasks'),
+	'1', 'each of them ran once');
+
+# run_behind_blocker($label): one task that waits for an advisory lock this
+# test holds, then 40 tasks with a side effect, committed together; returns
+# the blocker's id and the ids of the 40.  The blocker is claimed first
+# (higher priority).  The first turn gives the blocker to one connection,
+# the next task to the other, and claims the rest ahead on both.
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(8)');
+
+sub run_behind_blocker
+{
+	my ($from) = @_;
+	my $ids = $node->safe_psql('postgres', qq{
+BEGIN;
+INSERT INTO tasks(sql, priority) VALUES ('SELECT pg_advisory_xact_lock(8)', 1);
+INSERT INTO tasks(sql)
+  SELECT format('INSERT INTO effects VALUES (%s)', k) FROM generate_series($from, $from + 39) k;
+COMMIT;
+SELECT string_agg(id::text, ',' ORDER BY id) FROM tasks WHERE state IN ('queued', 'running');
+});
+	my ($blocker, @rest) = split /,/, $ids;
+	return ($blocker, join(',', @rest));
+}
+
+my $log_offset = -s $node->logfile;
+my ($blocker, $others) = run_behind_blocker(1);
+
+# All 40 finish while the blocker still runs: those claimed behind it went
+# back to the queue and ran on the other connection.
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || n, ', ') FROM (
+  SELECT state, count(*) AS n FROM task_fdw.wait('{$others}'::bigint[], '60s') GROUP BY state) s;
+}),
+	'done 40',
+	'the tasks behind a blocked one all finish while it runs');
+is($node->safe_psql('postgres', "SELECT state FROM tasks WHERE id = $blocker"),
+	'running', 'the blocker still runs');
+is( $node->safe_psql('postgres', q{
+SELECT count(*) || ' ' || count(DISTINCT k) || ' ' || min(k) || ' ' || max(k) FROM effects;
+}),
+	'40 40 1 40',
+	'each of the 40 side effects happened exactly once');
+is( $node->safe_psql('postgres', qq{
+SELECT count(*) FILTER (WHERE attempts = 1 AND started_at >= submitted_at
+                          AND finished_at >= started_at)
+  FROM tasks WHERE id = ANY ('{$others}'::bigint[]);
+}),
+	'40',
+	'a task handed back counts one attempt, and its times are those of its run');
+my $log = substr(slurp_file($node->logfile), $log_offset);
+like($log,
+	qr/\d+ tasks claimed ahead on a connection to server "loopback" go back to the queue, as task $blocker before them runs long/,
+	'the tasks claimed behind the blocker went back to the queue');
+
+$gate->query_safe('SELECT pg_advisory_unlock(8)');
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($blocker, '60s')"),
+	'done', 'the blocker finishes once the lock is free');
+
+# With task_fdw.claim_ahead = 0, no task is claimed ahead: none goes back.
+# A restart makes sure the dispatcher runs with the setting.
+$gate->quit;
+$node->append_conf('postgresql.conf', "task_fdw.claim_ahead = 0\n");
+$node->restart;
+is($node->safe_psql('postgres', q{
+INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 200);
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE state = 'queued'), '60s')
+ WHERE state = 'done';
+}),
+	'200', 'short tasks run without claiming ahead');
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(8)');
+$log_offset = -s $node->logfile;
+($blocker, $others) = run_behind_blocker(41);
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || n, ', ') FROM (
+  SELECT state, count(*) AS n FROM task_fdw.wait('{$others}'::bigint[], '60s') GROUP BY state) s;
+}),
+	'done 40',
+	'without claiming ahead, the 40 run on the free connection');
+$gate->query_safe('SELECT pg_advisory_unlock(8)');
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($blocker, '60s')"),
+	'done', 'the blocker finishes');
+unlike(substr(slurp_file($node->logfile), $log_offset),
+	qr/tasks claimed ahead/, 'no task was claimed ahead');
+is($node->safe_psql('postgres', 'SELECT count(*) || \' \' || count(DISTINCT k) FROM effects'),
+	'80 80', 'each side effect happened once');
+
+$gate->quit;
+$node->stop;
+done_testing();
