@@ -420,7 +420,6 @@ running_tasks(bool ahead)
 		dlist_foreach(iter, &pool->conns)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
 			dlist_iter	ahead_iter;
 
 			if (conn->task != NULL &&
