@@ -81,6 +81,7 @@ static char *my_dbname = NULL;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
+static void take_hints(void);
 static bool bookkeeping_needed(TimestampTz now);
 static bool gathering(TimestampTz now);
 static void bookkeeping(TimestampTz now);
@@ -270,7 +271,7 @@ dispatcher_loop(void)
 		now = GetCurrentTimestamp();
 		if (pg_atomic_exchange_u32(&my_slot->work_pending, 0) != 0)
 		{
-			discover = true;
+			take_hints();
 			deferred_retry_at = now;
 		}
 		if (pg_atomic_exchange_u32(&my_slot->cancel_pending, 0) != 0)
@@ -333,6 +334,28 @@ dispatcher_loop(void)
 		 * results unread.
 		 */
 		release_ahead(GetCurrentTimestamp());
+	}
+}
+
+/*
+ * take_hints looks at the queues of the pools that committed transactions
+ * submitted tasks to, or at the whole queue if they did not say or did more.
+ */
+static void
+take_hints(void)
+{
+	TaskFdwPoolHint hints[TFDW_MAX_HINTS];
+	int			n = TaskFdwSlotTakeHints(my_slot, hints);
+	int			i;
+
+	if (n < 0)
+		discover = true;
+	for (i = 0; i < n; i++)
+	{
+		Pool	   *pool = PoolLookup(hints[i].serverid, hints[i].userid, true);
+
+		pool->has_queued = true;
+		pool->cursor_valid = false;
 	}
 }
 

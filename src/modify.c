@@ -537,6 +537,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 
 	/* RETURNING shows the task as stored. */
 	TaskStoreInsert(state->insert, &sub, store_values, store_nulls);
+	TaskFdwNoteSubmission(sub.serverid, sub.userid, sub.has_run_at);
 	ExecClearTuple(slot);
 	TaskColumnMapProject(state->map, store_values, store_nulls,
 						 slot->tts_values, slot->tts_isnull);

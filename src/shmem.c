@@ -36,6 +36,15 @@ TaskFdwShared *TaskFdwState = NULL;
 /* What this transaction did to tasks (TFDW_XACT_*): acted on at its end. */
 static int	xact_did = 0;
 
+/*
+ * The pools this transaction submitted tasks to, for the dispatcher; or
+ * xact_pools_unknown when that is not all there is to look at (too many
+ * pools, a task scheduled for later, task rows changed or locked).
+ */
+static TaskFdwPoolHint xact_pools[TFDW_MAX_HINTS];
+static int	xact_npools = 0;
+static bool xact_pools_unknown = false;
+
 static Size task_fdw_shmem_size(void);
 static DispatcherSlot *find_slot(Oid dboid);
 static void wake_dispatcher(bool work, bool cancel);
@@ -135,6 +144,8 @@ TaskFdwRequestDispatcher(int what)
 	DispatcherSlot *slot;
 
 	TaskFdwCheckPreloaded();
+	if (what & TFDW_XACT_LOCKED)
+		xact_pools_unknown = true;
 	if ((xact_did & what) == what)
 		return;
 
@@ -159,6 +170,80 @@ TaskFdwRequestDispatcher(int what)
 }
 
 /*
+ * TaskFdwNoteSubmission notes that this transaction submitted a task to
+ * pool (serverid, userid), scheduled for later or not.
+ */
+void
+TaskFdwNoteSubmission(Oid serverid, Oid userid, bool scheduled)
+{
+	int			i;
+
+	if (scheduled)
+		xact_pools_unknown = true;
+	if (xact_pools_unknown)
+		return;
+	for (i = 0; i < xact_npools; i++)
+		if (xact_pools[i].serverid == serverid && xact_pools[i].userid == userid)
+			return;
+	if (xact_npools == TFDW_MAX_HINTS)
+	{
+		xact_pools_unknown = true;
+		return;
+	}
+	xact_pools[xact_npools].serverid = serverid;
+	xact_pools[xact_npools].userid = userid;
+	xact_npools++;
+}
+
+/*
+ * slot_add_hints tells slot's dispatcher where this transaction's work is.
+ * The caller holds the lock.
+ */
+static void
+slot_add_hints(DispatcherSlot *slot)
+{
+	int			i;
+	int			j;
+
+	if (xact_pools_unknown || xact_npools == 0)
+		slot->hints_unknown = true;
+	for (i = 0; i < xact_npools && !slot->hints_unknown; i++)
+	{
+		for (j = 0; j < slot->nhints; j++)
+			if (slot->hints[j].serverid == xact_pools[i].serverid &&
+				slot->hints[j].userid == xact_pools[i].userid)
+				break;
+		if (j < slot->nhints)
+			continue;
+		if (slot->nhints == TFDW_MAX_HINTS)
+			slot->hints_unknown = true;
+		else
+			slot->hints[slot->nhints++] = xact_pools[i];
+	}
+}
+
+/*
+ * TaskFdwSlotTakeHints moves the pools that committed transactions submitted
+ * tasks to since the last call into hints (room for TFDW_MAX_HINTS), and
+ * returns how many; or -1 if the whole queue must be searched.  Called by
+ * the dispatcher after it has cleared work_pending.
+ */
+int
+TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolHint *hints)
+{
+	int			n;
+
+	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
+	n = slot->hints_unknown ? -1 : slot->nhints;
+	if (n > 0)
+		memcpy(hints, slot->hints, n * sizeof(TaskFdwPoolHint));
+	slot->hints_unknown = false;
+	slot->nhints = 0;
+	LWLockRelease(TaskFdwState->lock);
+	return n;
+}
+
+/*
  * wake_dispatcher tells this database's dispatcher that there is work
  * (queued tasks, or task rows no longer locked) and/or running tasks to
  * cancel, starting one through the launcher if none runs.
@@ -173,7 +258,10 @@ wake_dispatcher(bool work, bool cancel)
 	if (slot != NULL)
 	{
 		if (work)
+		{
+			slot_add_hints(slot);
 			pg_atomic_write_u32(&slot->work_pending, 1);
+		}
 		if (cancel)
 			pg_atomic_write_u32(&slot->cancel_pending, 1);
 		if (slot->pid != 0)
@@ -213,15 +301,19 @@ TaskFdwXactCallback(XactEvent event, void *arg)
 			xact_did = 0;
 			wake_dispatcher((did & (TFDW_XACT_SUBMITTED | TFDW_XACT_LOCKED)) != 0,
 							(did & TFDW_XACT_CANCELLED) != 0);
+			xact_npools = 0;
+			xact_pools_unknown = false;
 			if (did & TFDW_XACT_FINISHED)
 				TaskFdwWakeWaiters();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			xact_did = 0;
+			xact_npools = 0;
 			/* Rows it locked may be claimed or recorded now. */
 			if (did & TFDW_XACT_LOCKED)
 				wake_dispatcher(true, false);
+			xact_pools_unknown = false;
 			break;
 		default:
 			break;

@@ -135,6 +135,19 @@ typedef struct TaskFdwPoolStats
 													 * attempt failed, or "" */
 } TaskFdwPoolStats;
 
+/*
+ * Pools (server, submitting role) that committed transactions submitted
+ * tasks to, so that the dispatcher can look at those pools' queues rather
+ * than search the whole queue; at most TFDW_MAX_HINTS.
+ */
+#define TFDW_MAX_HINTS			8
+
+typedef struct TaskFdwPoolHint
+{
+	Oid			serverid;
+	Oid			userid;
+} TaskFdwPoolHint;
+
 /* One dispatcher slot in shared memory. */
 typedef struct DispatcherSlot
 {
@@ -145,6 +158,10 @@ typedef struct DispatcherSlot
 	bool		clean_exit;		/* the last one exited on purpose: restart at once */
 	pg_atomic_uint32 work_pending;	/* set by committing submitters */
 	pg_atomic_uint32 cancel_pending;	/* set when running tasks are cancelled */
+	/* With work_pending, under the shared lock: where to look for it. */
+	bool		hints_unknown;	/* anywhere: search the whole queue */
+	int			nhints;
+	TaskFdwPoolHint hints[TFDW_MAX_HINTS];
 
 	/* Published by a dispatcher, read by pool_status() (see stats.c). */
 	LWLock	   *stats_lock;		/* protects the fields below */
@@ -296,6 +313,8 @@ extern void TaskFdwShmemStartup(void);
 #define TFDW_XACT_FINISHED		0x04	/* cancelled queued tasks */
 #define TFDW_XACT_LOCKED		0x08	/* locked task rows */
 extern void TaskFdwRequestDispatcher(int what);
+extern void TaskFdwNoteSubmission(Oid serverid, Oid userid, bool scheduled);
+extern int	TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolHint *hints);
 extern void TaskFdwXactCallback(XactEvent event, void *arg);
 extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
 extern DispatcherSlot *TaskFdwFindSlot(Oid dboid);

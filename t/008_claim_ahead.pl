@@ -12,7 +12,9 @@ use FindBin;
 use lib $FindBin::RealBin;
 use TaskFdwNode;
 
-my $node = TaskFdwNode::new_node('ahead', "log_min_messages = debug1\n");
+# No periodic recheck of the queue during the test: a task only runs if its
+# submitter's commit told the dispatcher where to look.
+my $node = TaskFdwNode::new_node('ahead', "log_min_messages = debug1\ntask_fdw.recheck_interval = '1h'\n");
 TaskFdwNode::setup_loopback($node, 2);
 $node->safe_psql('postgres', 'CREATE TABLE effects (k int)');
 
@@ -42,11 +44,11 @@ sub run_behind_blocker
 	my ($from) = @_;
 	my $ids = $node->safe_psql('postgres', qq{
 BEGIN;
-INSERT INTO tasks(sql, priority) VALUES ('SELECT pg_advisory_xact_lock(8)', 1);
-INSERT INTO tasks(sql)
-  SELECT format('INSERT INTO effects VALUES (%s)', k) FROM generate_series($from, $from + 39) k;
+INSERT INTO tasks(sql, priority, batch) VALUES ('SELECT pg_advisory_xact_lock(8)', 1, 'behind$from');
+INSERT INTO tasks(sql, batch)
+  SELECT format('INSERT INTO effects VALUES (%s)', k), 'behind$from' FROM generate_series($from, $from + 39) k;
 COMMIT;
-SELECT string_agg(id::text, ',' ORDER BY id) FROM tasks WHERE state IN ('queued', 'running');
+SELECT string_agg(id::text, ',' ORDER BY id) FROM tasks WHERE batch = 'behind$from';
 });
 	my ($blocker, @rest) = split /,/, $ids;
 	return ($blocker, join(',', @rest));
@@ -86,15 +88,38 @@ $gate->query_safe('SELECT pg_advisory_unlock(8)');
 is($node->safe_psql('postgres', "SELECT task_fdw.wait($blocker, '60s')"),
 	'done', 'the blocker finishes once the lock is free');
 
+# A commit tells the dispatcher which pools got tasks, up to 8 of them; with
+# more, or a task scheduled for later, it searches the whole queue.  One
+# INSERT to 1 server, one to 10 servers, one with run_at: all run at once.
+$node->safe_psql('postgres',
+	join('', map { qq{
+CREATE SERVER hint$_ FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
+CREATE USER MAPPING FOR CURRENT_USER SERVER hint$_;
+} } 1 .. 10));
+for my $case (
+	[ 'one pool', q{SELECT 'SELECT 1', 'hint1', NULL::timestamptz, 'one'} ],
+	[ 'ten pools', q{SELECT 'SELECT 1', 'hint' || n, NULL, 'ten' FROM generate_series(1, 10) n} ],
+	[ 'run_at now', q{SELECT 'SELECT 1', 'hint2', now(), 'run_at'} ])
+{
+	my ($label, $rows) = @$case;
+	my $batch = $label =~ s/ .*//r;
+	is( $node->safe_psql('postgres', qq{
+INSERT INTO tasks(sql, server, run_at, batch) $rows;
+SELECT string_agg(state || ' ' || n, ',') FROM (
+  SELECT state, count(*) AS n FROM task_fdw.wait_batch('$batch', '30s') GROUP BY state) s;
+}),
+		$label eq 'ten pools' ? 'done 10' : 'done 1',
+		"tasks submitted to $label run without a recheck");
+}
+
 # With task_fdw.claim_ahead = 0, no task is claimed ahead: none goes back.
 # A restart makes sure the dispatcher runs with the setting.
 $gate->quit;
 $node->append_conf('postgresql.conf', "task_fdw.claim_ahead = 0\n");
 $node->restart;
 is($node->safe_psql('postgres', q{
-INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 200);
-SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE state = 'queued'), '60s')
- WHERE state = 'done';
+INSERT INTO tasks(sql, batch) SELECT 'SELECT 1', 'short' FROM generate_series(1, 200);
+SELECT count(*) FROM task_fdw.wait_batch('short', '60s') WHERE state = 'done';
 }),
 	'200', 'short tasks run without claiming ahead');
 $gate = $node->background_psql('postgres');
