@@ -299,11 +299,13 @@ TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid)
 }
 
 /*
- * TaskStoreLockTask locks the latest version of task id's row until the end
- * of the transaction and returns a copy of it, or NULL if the task is gone.
+ * store_row_by_id runs *plan (prepared by store_spi_begin), which takes task
+ * id $1 and returns its row or nothing, and returns a copy of that row or
+ * NULL; what names the action for the error raised if the plan does not end
+ * with expected.
  */
-HeapTuple
-TaskStoreLockTask(Relation rel, int64 id)
+static HeapTuple
+store_row_by_id(Relation rel, SPIPlanPtr *plan, int64 id, int expected, const char *what)
 {
 	StoreSpi	spi;
 	Datum		values[1];
@@ -311,12 +313,22 @@ TaskStoreLockTask(Relation rel, int64 id)
 
 	values[0] = Int64GetDatum(id);
 	store_spi_begin(&spi, rel);
-	if (SPI_execute_plan(lock_plan, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock task " INT64_FORMAT, id);
+	if (SPI_execute_plan(*plan, values, NULL, false, 1) != expected)
+		elog(ERROR, "could not %s task " INT64_FORMAT, what, id);
 	if (SPI_processed == 1)
 		tuple = SPI_copytuple(SPI_tuptable->vals[0]);
 	store_spi_end(&spi);
 	return tuple;
+}
+
+/*
+ * TaskStoreLockTask locks the latest version of task id's row until the end
+ * of the transaction and returns a copy of it, or NULL if the task is gone.
+ */
+HeapTuple
+TaskStoreLockTask(Relation rel, int64 id)
+{
+	return store_row_by_id(rel, &lock_plan, id, SPI_OK_SELECT, "lock");
 }
 
 /*
@@ -361,18 +373,7 @@ TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls)
 HeapTuple
 TaskStoreDeleteTask(Relation rel, int64 id)
 {
-	StoreSpi	spi;
-	Datum		values[1];
-	HeapTuple	tuple = NULL;
-
-	values[0] = Int64GetDatum(id);
-	store_spi_begin(&spi, rel);
-	if (SPI_execute_plan(delete_plan, values, NULL, false, 1) != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "could not delete task " INT64_FORMAT, id);
-	if (SPI_processed == 1)
-		tuple = SPI_copytuple(SPI_tuptable->vals[0]);
-	store_spi_end(&spi);
-	return tuple;
+	return store_row_by_id(rel, &delete_plan, id, SPI_OK_DELETE_RETURNING, "delete");
 }
 
 /*
