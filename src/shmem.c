@@ -47,6 +47,7 @@ static bool xact_pools_unknown = false;
 
 static Size task_fdw_shmem_size(void);
 static DispatcherSlot *find_slot(Oid dboid);
+static void forget_pools(void);
 static void wake_dispatcher(bool work, bool cancel);
 
 /*
@@ -196,6 +197,16 @@ TaskFdwNoteSubmission(Oid serverid, Oid userid, bool scheduled)
 }
 
 /*
+ * forget_pools forgets the pools the ending transaction submitted tasks to.
+ */
+static void
+forget_pools(void)
+{
+	xact_npools = 0;
+	xact_pools_unknown = false;
+}
+
+/*
  * slot_add_hints tells slot's dispatcher where this transaction's work is.
  * The caller holds the lock.
  */
@@ -301,19 +312,17 @@ TaskFdwXactCallback(XactEvent event, void *arg)
 			xact_did = 0;
 			wake_dispatcher((did & (TFDW_XACT_SUBMITTED | TFDW_XACT_LOCKED)) != 0,
 							(did & TFDW_XACT_CANCELLED) != 0);
-			xact_npools = 0;
-			xact_pools_unknown = false;
+			forget_pools();
 			if (did & TFDW_XACT_FINISHED)
 				TaskFdwWakeWaiters();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			xact_did = 0;
-			xact_npools = 0;
-			/* Rows it locked may be claimed or recorded now. */
+			/* Rows it locked may be claimed or recorded now: look everywhere. */
 			if (did & TFDW_XACT_LOCKED)
 				wake_dispatcher(true, false);
-			xact_pools_unknown = false;
+			forget_pools();
 			break;
 		default:
 			break;
