@@ -89,8 +89,9 @@ is($node->safe_psql('postgres', "SELECT task_fdw.wait($blocker, '60s')"),
 	'done', 'the blocker finishes once the lock is free');
 
 # A commit tells the dispatcher which pools got tasks, up to 8 of them; with
-# more, or a task scheduled for later, it searches the whole queue.  One
-# INSERT to 1 server, one to 10 servers, one with run_at: all run at once.
+# more, or a task scheduled for later, it searches the whole queue and
+# learns when the next scheduled task is due.  One INSERT to 1 server, one
+# to 10 servers, one due in a second: all run without a recheck.
 $node->safe_psql('postgres',
 	join('', map { qq{
 CREATE SERVER hint$_ FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
@@ -99,7 +100,7 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER hint$_;
 for my $case (
 	[ 'one pool', q{SELECT 'SELECT 1', 'hint1', NULL::timestamptz, 'one'} ],
 	[ 'ten pools', q{SELECT 'SELECT 1', 'hint' || n, NULL, 'ten' FROM generate_series(1, 10) n} ],
-	[ 'run_at now', q{SELECT 'SELECT 1', 'hint2', now(), 'run_at'} ])
+	[ 'run_at in 1 s', q{SELECT 'SELECT 1', 'hint2', now() + interval '1 second', 'run_at'} ])
 {
 	my ($label, $rows) = @$case;
 	my $batch = $label =~ s/ .*//r;
