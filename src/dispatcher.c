@@ -128,11 +128,22 @@ DispatcherNewTask(Pool *pool, int64 id, const char *sql)
 void
 DispatcherTaskFinished(Task *task)
 {
+	task->pool->tasks_finished++;
+	DispatcherRecordLater(task);
+}
+
+/*
+ * DispatcherRecordLater stamps task's end and queues what TaskResolveOutcome
+ * says of it to be recorded, without counting it as finished: a task handed
+ * back unsent has not run.
+ */
+void
+DispatcherRecordLater(Task *task)
+{
 	task->finished_at = GetCurrentTimestamp();
 	if (dlist_is_empty(&finished))
 		first_finished_at = task->finished_at;
 	dlist_push_tail(&finished, &task->node);
-	task->pool->tasks_finished++;
 	StatsMarkChanged();
 }
 
@@ -460,8 +471,8 @@ running_tasks(bool ahead)
 
 /*
  * release_ahead hands back to the queue the tasks claimed ahead that their
- * submitters cancelled since (now is 0), or that wait behind a task that
- * has run for long by now.
+ * submitters have cancelled, and all those that wait behind a task that
+ * has run long by now.
  */
 static void
 release_ahead(TimestampTz now)
@@ -474,17 +485,13 @@ release_ahead(TimestampTz now)
 	{
 		dlist_iter	iter;
 
-		if (pool->nahead == 0)
-			continue;
 		dlist_foreach(iter, &pool->conns)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 			TimestampTz stalled_at = ConnStalledAt(conn);
 
-			if (now == 0)
-				ConnReleaseAhead(conn, true);
-			else if (conn->nahead > 0 && stalled_at != 0 && now >= stalled_at)
-				ConnReleaseAhead(conn, false);
+			if (conn->nahead > 0)
+				ConnReleaseAhead(conn, stalled_at != 0 && now >= stalled_at);
 		}
 	}
 }
@@ -608,7 +615,7 @@ bookkeeping(TimestampTz now)
 
 		QueueMarkCancelled(claimed);
 		list_free(claimed);
-		release_ahead(0);
+		release_ahead(now);
 		check_cancels = false;
 	}
 	send_due_cancels(running, now);
@@ -652,44 +659,9 @@ bookkeeping(TimestampTz now)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 
-		Conn	   *conn = task->conn;
-		bool		ahead = conn->task != task;
-
 		dlist_delete(&task->node);
-		if (ahead)
-		{
-			conn->nahead--;
-			task->pool->nahead--;
-		}
-		if (!task->recorded)
-		{
-			/*
-			 * Cancelled, deleted, postponed or locked: free the connection,
-			 * once the reset begun for the task is through.
-			 */
-			if (!ahead)
-			{
-				conn->task = NULL;
-				if (conn->state != CONN_RESETTING ||
-					PQstatus(conn->conn) == CONNECTION_BAD)
-					conn->state = CONN_IDLE;
-			}
-			MemoryContextDelete(task->cxt);
-			continue;
-		}
-		task->pool->tasks_started++;
-		if (ahead && conn->task != NULL)
-		{
-			dlist_push_tail(&conn->ahead, &task->node);
-			conn->nahead++;
-			task->pool->nahead++;
-			continue;
-		}
-		/* Claimed ahead of a task that did not start: it goes first. */
-		conn->task = task;
-		if (conn->state != CONN_RESETTING)
-			conn->state = CONN_ASSIGNED;
-		dlist_push_tail(&sendable, &task->node);
+		if (PoolStartRecorded(task))
+			dlist_push_tail(&sendable, &task->node);
 	}
 
 	QueueCommit();
@@ -959,7 +931,7 @@ cancel_running(void)
 					 "and the remote server may or may not have completed it");
 			DispatcherTaskFinished(conn->task);
 			conn->task = NULL;
-			ConnReleaseAhead(conn, false);
+			ConnReleaseAhead(conn, true);
 		}
 	}
 }

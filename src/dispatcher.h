@@ -110,7 +110,8 @@ typedef struct Conn
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
 	dlist_head	ahead;			/* started tasks to send after task */
-	int			nahead;
+	int			nahead;			/* those, and those whose start is being
+								 * recorded */
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
@@ -155,7 +156,6 @@ typedef struct Pool
 	 * one ran): connections claim short tasks ahead (PoolAhead).
 	 */
 	int64		run_usecs;
-	int			nahead;			/* tasks claimed ahead, over all connections */
 	bool		require_password;	/* connections must have used the password */
 	bool		invalidated;	/* server or mapping changed: reconnect */
 
@@ -170,6 +170,7 @@ typedef struct Pool
 
 /* in dispatcher.c */
 extern void DispatcherTaskFinished(Task *task);
+extern void DispatcherRecordLater(Task *task);
 extern void DispatcherConnChanged(void);
 extern Task *DispatcherNewTask(Pool *pool, int64 id, const char *sql);
 
@@ -184,6 +185,7 @@ extern void PoolNoteRunTime(Pool *pool, int64 usecs);
 extern bool PoolWantsTurn(Pool *pool, TimestampTz now);
 extern Task *PoolTakeHeld(Pool *pool);
 extern void PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now);
+extern bool PoolStartRecorded(Task *task);
 extern void PoolConnect(Pool *pool);
 extern void PoolCloseConn(Conn *conn);
 extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
@@ -201,7 +203,7 @@ extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnLost(Conn *conn);
 extern void ConnResetEarly(Conn *conn);
 extern void ConnSendTask(Conn *conn);
-extern void ConnReleaseAhead(Conn *conn, bool cancelled_only);
+extern void ConnReleaseAhead(Conn *conn, bool all);
 extern TimestampTz ConnStalledAt(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);
 extern void TaskFailWithDetail(Task *task, const char *sqlstate, const char *message,

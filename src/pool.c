@@ -134,7 +134,6 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->tasks_started = 0;
 		pool->tasks_finished = 0;
 		pool->run_usecs = -1;
-		pool->nahead = 0;
 		StatsMarkChanged();
 	}
 	return pool;
@@ -330,10 +329,51 @@ PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now)
 			task->conn = conn;
 			task->remote_pid = PQbackendPID(conn->conn);
 			conn->nahead++;
-			pool->nahead++;
 			dlist_push_tail(starting, &task->node);
 		}
 	}
+}
+
+/*
+ * PoolStartRecorded settles task, taken from the list PoolAssignHeld built,
+ * once QueueRecordStarts has run, and returns whether it is to be sent now.
+ * A task whose start was not recorded (cancelled, deleted, postponed or
+ * locked meanwhile) is freed, and its connection freed too once the reset
+ * begun for it is through.  A task claimed ahead joins its connection's
+ * ahead list, or goes first if the task it was claimed behind did not start.
+ */
+bool
+PoolStartRecorded(Task *task)
+{
+	Conn	   *conn = task->conn;
+	bool		ahead = conn->task != task;
+
+	if (!task->recorded)
+	{
+		if (ahead)
+			conn->nahead--;
+		else
+		{
+			conn->task = NULL;
+			if (conn->state != CONN_RESETTING || PQstatus(conn->conn) == CONNECTION_BAD)
+				conn->state = CONN_IDLE;
+		}
+		MemoryContextDelete(task->cxt);
+		return false;
+	}
+	task->pool->tasks_started++;
+	if (!ahead)
+		return true;
+	if (conn->task != NULL)
+	{
+		dlist_push_tail(&conn->ahead, &task->node);
+		return false;
+	}
+	conn->nahead--;
+	conn->task = task;
+	if (conn->state != CONN_RESETTING)
+		conn->state = CONN_ASSIGNED;
+	return true;
 }
 
 /*
@@ -716,7 +756,7 @@ PoolCloseConn(Conn *conn)
 {
 	Pool	   *pool = conn->pool;
 
-	ConnReleaseAhead(conn, false);
+	ConnReleaseAhead(conn, true);
 	PQfinish(conn->conn);
 	ReleaseExternalFD();
 	if (conn->counted)

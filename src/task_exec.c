@@ -52,6 +52,7 @@ static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool pipeline_send(Conn *conn, const char *sql);
 static bool conn_send_sql(Conn *conn);
 static bool conn_begin(Conn *conn);
+static bool conn_needs_reset(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -256,13 +257,24 @@ conn_flush(Conn *conn)
  * ConnResetEarly starts the session reset of conn, whose task was just
  * assigned, while the task's start is being recorded: the remote resets
  * while the dispatcher commits.  Only ConnSendTask, after the commit, lets
- * the task's SQL follow.
+ * the task's SQL follow, and finds the connection broken if sending failed.
  */
 void
 ConnResetEarly(Conn *conn)
 {
-	if (conn->used || conn->appname_task != conn->task->id)
+	if (conn_needs_reset(conn))
 		(void) conn_begin(conn);
+}
+
+/*
+ * conn_needs_reset returns whether conn's session must be reset before its
+ * task runs: a task ran since the last reset, or its application_name names
+ * another task.
+ */
+static bool
+conn_needs_reset(Conn *conn)
+{
+	return conn->used || conn->appname_task != conn->task->id;
 }
 
 /*
@@ -297,7 +309,7 @@ conn_begin(Conn *conn)
 {
 	Task	   *task = conn->task;
 
-	if (!conn->used && conn->appname_task == task->id)
+	if (!conn_needs_reset(conn))
 		return conn_send_sql(conn);
 	conn->state = CONN_RESETTING;
 	conn->syncs_pending = 0;
@@ -479,17 +491,16 @@ conn_task_done(Conn *conn, bool reusable)
 	{
 		conn->task = dlist_container(Task, node, dlist_pop_head_node(&conn->ahead));
 		conn->nahead--;
-		conn->pool->nahead--;
 		ConnSendTask(conn);
 	}
 }
 
 /*
- * ConnReleaseAhead hands the tasks conn claimed ahead back to the queue
- * (only those cancelled since, if cancelled_only).
+ * ConnReleaseAhead hands the tasks conn claimed ahead back to the queue:
+ * all of them, or only those cancelled since.
  */
 void
-ConnReleaseAhead(Conn *conn, bool cancelled_only)
+ConnReleaseAhead(Conn *conn, bool all)
 {
 	dlist_mutable_iter iter;
 	int			released = 0;
@@ -498,15 +509,14 @@ ConnReleaseAhead(Conn *conn, bool cancelled_only)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 
-		if (cancelled_only && task->cancel_reason == TASK_CANCEL_NONE)
+		if (!all && task->cancel_reason == TASK_CANCEL_NONE)
 			continue;
 		dlist_delete(&task->node);
 		conn->nahead--;
-		conn->pool->nahead--;
 		task_unstart(task);
 		released++;
 	}
-	if (released > 0 && !cancelled_only && conn->task != NULL)
+	if (released > 0 && all && conn->task != NULL)
 		ereport(DEBUG1,
 				(errmsg_internal("task_fdw: %d tasks claimed ahead on a connection to server \"%s\" go back to the queue, as task " INT64_FORMAT " before them runs long",
 								 released, conn->pool->server_name, conn->task->id)));
@@ -528,8 +538,8 @@ ConnStalledAt(Conn *conn)
 /*
  * task_unstart queues task, whose start was recorded but which was never
  * sent, to have its start undone: it is recorded as queued again, as it
- * was (or as cancelled, if its submitter cancelled it meanwhile).  It does
- * not count as started or finished.
+ * was (or as cancelled, if its submitter cancelled it meanwhile).  It no
+ * longer counts as started, nor as finished.
  */
 static void
 task_unstart(Task *task)
@@ -541,9 +551,8 @@ task_unstart(Task *task)
 	task->started_at = 0;
 	task->final_state = TFDW_STATE_QUEUED;
 	task->resolved = true;
-	DispatcherTaskFinished(task);
 	pool->tasks_started--;
-	pool->tasks_finished--;
+	DispatcherRecordLater(task);
 }
 
 /*
