@@ -98,6 +98,8 @@ CALL run_bad('LISTEN some_channel');
 CALL run_bad('BEGIN; INSERT INTO bad_side VALUES (1)');
 CALL run_bad('BEGIN; SELECT 1/0');
 CALL run_bad('COMMIT');
+CALL run_bad('BEGIN');
+CALL run_bad('VACUUM bad_side');
 CALL run_bad('-- only a comment' || E'\n' || '/* and another */');
 CALL run_bad('SELECT pg_sleep(3600)', '100ms');
 CALL run_bad($q$DO $d$ BEGIN RAISE EXCEPTION 'custom failure'

@@ -51,6 +51,7 @@ typedef struct Task
 	List	   *retry_sqlstates;	/* of char *, besides classes 08 and 40 */
 	int64		retry_delay;	/* microseconds before the first retry */
 	bool		retry_interrupted;	/* on_interrupt 'retry' */
+	bool		one_statement;	/* its SQL is one statement */
 	TimestampTz deadline;		/* when it times out, or 0 */
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
@@ -105,7 +106,8 @@ typedef struct Conn
 	uint32		registered_events;	/* events registered in the wait set */
 	int			wait_pos;		/* its position in the wait set, or -1 */
 	bool		used;			/* ran a task since its last session reset */
-	int			syncs_pending;	/* of the session reset pipeline */
+	bool		sql_pipelined;	/* its task's SQL follows the session reset */
+	bool		reset_failed;	/* and the reset failed: not to be reused */
 	int64		appname_task;	/* task named by its application_name */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
@@ -202,6 +204,7 @@ extern TimestampTz PoolNextAttention(Pool *pool);
 extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnLost(Conn *conn);
 extern void ConnResetEarly(Conn *conn);
+extern bool TaskSqlIsOneStatement(const char *sql);
 extern void ConnSendTask(Conn *conn);
 extern void ConnReleaseAhead(Conn *conn, bool all);
 extern TimestampTz ConnStalledAt(Conn *conn);

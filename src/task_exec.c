@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "parser/parser.h"
 #include "storage/latch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
@@ -29,10 +30,14 @@
 
 /*
  * A pooled connection that ran a task is reset before the next one with
- * DISCARD ALL, then named after the new task.  Both go in one round trip as
- * a libpq pipeline of two single-statement transactions: DISCARD ALL cannot
- * run inside the implicit transaction of a multi-statement query string,
- * and spelling its parts out there costs the remote several times more.
+ * DISCARD ALL, then named after the new task, in one pipelined transaction
+ * ahead of the task: DISCARD ALL commits on its own as the first statement
+ * after a sync, but cannot run inside the implicit transaction of a
+ * multi-statement query string.  A task of one statement follows in the
+ * same pipeline, after a sync of its own, so that it runs on its own as
+ * well and the whole takes one round trip.  A task of several statements
+ * must go as a simple query, which a pipeline cannot hold: it is sent once
+ * the reset is through.
  */
 #define SESSION_RESET_SQL "DISCARD ALL"
 
@@ -49,9 +54,8 @@ static void conn_refuse_unauthenticated(Conn *conn);
 static void conn_task_done(Conn *conn, bool reusable);
 static void task_unstart(Task *task);
 static bool conn_reset_result(Conn *conn, PGresult *res);
-static bool pipeline_send(Conn *conn, const char *sql);
 static bool conn_send_sql(Conn *conn);
-static bool conn_begin(Conn *conn);
+static bool conn_begin(Conn *conn, bool send_sql);
 static bool conn_needs_reset(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
@@ -64,6 +68,38 @@ static bool is_retryable(Task *task);
 static char *format_usecs(int64 usecs);
 static bool is_json_number(const char *s);
 static char *task_strdup(Task *task, const char *s);
+
+/*
+ * TaskSqlIsOneStatement returns whether sql is exactly one statement, as
+ * this server's parser reads it.  SQL it cannot parse (a newer server's
+ * syntax, or a mistake the remote will report) counts as several, so that
+ * it goes as a simple query, as any task did before.
+ */
+bool
+TaskSqlIsOneStatement(const char *sql)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "task_fdw statement count",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	volatile int nstatements = 0;
+
+	PG_TRY();
+	{
+		nstatements = list_length(raw_parser(sql, RAW_PARSE_DEFAULT));
+	}
+	PG_CATCH();
+	{
+		/* The parser holds no resources: dropping its memory is enough. */
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		nstatements = 0;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return nstatements == 1;
+}
 
 /*
  * ConnAdvance moves conn's state machine on after its socket reported events.
@@ -263,7 +299,7 @@ void
 ConnResetEarly(Conn *conn)
 {
 	if (conn_needs_reset(conn))
-		(void) conn_begin(conn);
+		(void) conn_begin(conn, false);
 }
 
 /*
@@ -294,43 +330,43 @@ ConnSendTask(Conn *conn)
 		ConnLost(conn);
 	else if (conn->state == CONN_RESETTING)
 		return;					/* conn_reset_result sends it */
-	else if (!conn_begin(conn))
+	else if (!conn_begin(conn, true))
 		ConnLost(conn);
 }
 
 /*
  * conn_begin sends the session reset conn needs before its task (DISCARD
  * ALL if a task ran since the last one, and the application_name naming
- * the task), or if it needs none the task's SQL.  Returns false if the
- * connection broke.
+ * the task), or if it needs none the task's SQL.  With send_sql (its start
+ * is recorded), a task of one statement goes in the same pipeline.
+ * Returns false if the connection broke.
  */
 static bool
-conn_begin(Conn *conn)
+conn_begin(Conn *conn, bool send_sql)
 {
 	Task	   *task = conn->task;
 
 	if (!conn_needs_reset(conn))
 		return conn_send_sql(conn);
 	conn->state = CONN_RESETTING;
-	conn->syncs_pending = 0;
 	conn->appname_task = task->id;
-	return PQenterPipelineMode(conn->conn) &&
-		(!conn->used || pipeline_send(conn, SESSION_RESET_SQL)) &&
-		pipeline_send(conn, psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
-									 task->id)) &&
-		conn_flush(conn);
-}
-
-/*
- * pipeline_send queues sql, one statement, as a transaction of its own in
- * conn's pipeline, and returns false if libpq could not.
- */
-static bool
-pipeline_send(Conn *conn, const char *sql)
-{
-	conn->syncs_pending++;
-	return PQsendQueryParams(conn->conn, sql, 0, NULL, NULL, NULL, NULL, 0) &&
-		PQpipelineSync(conn->conn);
+	conn->sql_pipelined = send_sql && task->one_statement;
+	if (!PQenterPipelineMode(conn->conn) ||
+		(conn->used &&
+		 !PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0)) ||
+		!PQsendQueryParams(conn->conn,
+						   psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
+									task->id), 0, NULL, NULL, NULL, NULL, 0) ||
+		!PQpipelineSync(conn->conn))
+		return false;
+	if (conn->sql_pipelined)
+	{
+		conn->used = true;
+		if (!PQsendQueryParams(conn->conn, task->sql, 0, NULL, NULL, NULL, NULL, 0) ||
+			!PQpipelineSync(conn->conn))
+			return false;
+	}
+	return conn_flush(conn);
 }
 
 /*
@@ -347,11 +383,12 @@ conn_send_sql(Conn *conn)
 }
 
 /*
- * conn_reset_result handles one result of conn's session reset pipeline,
- * and once the pipeline is through goes on with the task (resetting again
- * if it is another task than the one the reset named), unless the reset
- * failed (then the task ends with that error, unsent).  A reset begun early
- * for a task that did not start leaves conn idle.  Returns false if the
+ * conn_reset_result handles one result of conn's session reset, and once
+ * the reset is through goes on with the task: reads the results of its SQL
+ * if that followed in the pipeline, or else sends it (resetting again if it
+ * is another task than the one the reset named), unless the reset failed
+ * (then the task ends with that error, unsent).  A reset begun early for a
+ * task that did not start leaves conn idle.  Returns false if the
  * connection broke, or a reset without a task failed.
  */
 static bool
@@ -363,10 +400,31 @@ conn_reset_result(Conn *conn, PGresult *res)
 	{
 		if (conn->task == NULL)
 			return false;
-		capture_error(conn->task, res, conn->conn);
+		if (conn->sql_pipelined)
+		{
+			/*
+			 * The task runs all the same, after the sync: its own outcome is
+			 * recorded, and the session it ran in is not used again.
+			 */
+			ereport(LOG,
+					(errmsg("task_fdw could not reset the session of task " INT64_FORMAT " before it ran: %s",
+							conn->task->id, pchomp(PQresultErrorMessage(res)))));
+			conn->reset_failed = true;
+			/* A cancel request the reset took is sent again for the task. */
+			if (conn->task->cancel_reason != TASK_CANCEL_NONE)
+				conn->task->cancel_at = GetCurrentTimestamp();
+		}
+		else
+			capture_error(conn->task, res, conn->conn);
 	}
-	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC || --conn->syncs_pending > 0)
+	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC)
 		return true;
+	if (conn->sql_pipelined)
+	{
+		/* The task's results come next: read them row by row. */
+		conn->state = CONN_RUNNING;
+		return PQsetSingleRowMode(conn->conn);
+	}
 	if (!PQexitPipelineMode(conn->conn))
 		return false;
 	if (conn->task == NULL)
@@ -382,7 +440,7 @@ conn_reset_result(Conn *conn, PGresult *res)
 		return true;
 	}
 	conn->used = false;
-	return conn_begin(conn);
+	return conn_begin(conn, true);
 }
 
 /*
@@ -424,6 +482,20 @@ conn_io(Conn *conn, uint32 events)
 		}
 		if (res == NULL)
 		{
+			/* A pipelined task is through after its sync. */
+			if (PQpipelineStatus(conn->conn) != PQ_PIPELINE_OFF)
+				continue;
+			conn_task_done(conn, true);
+			return;
+		}
+		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+		{
+			PQclear(res);
+			if (!PQexitPipelineMode(conn->conn))
+			{
+				ConnLost(conn);
+				return;
+			}
 			conn_task_done(conn, true);
 			return;
 		}
@@ -474,7 +546,7 @@ conn_task_done(Conn *conn, bool reusable)
 	 * A task that left a transaction open, or a broken session, is not
 	 * reused; nor is a session that a late cancel request could still reach.
 	 */
-	if (!reusable || task->cancel_reason != TASK_CANCEL_NONE ||
+	if (!reusable || task->cancel_reason != TASK_CANCEL_NONE || conn->reset_failed ||
 		PQstatus(conn->conn) != CONNECTION_OK ||
 		PQtransactionStatus(conn->conn) != PQTRANS_IDLE ||
 		conn->pool->invalidated)
