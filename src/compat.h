@@ -16,6 +16,8 @@
 #define TASK_FDW_COMPAT_H
 
 #include "catalog/pg_foreign_server.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "executor/executor.h"
 #include "optimizer/inherit.h"
 #include "optimizer/pathnode.h"
@@ -79,6 +81,39 @@ TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_task, "TaskFdwWait")
 #else
 #define tfdw_insert_index_tuples(rri, slot, estate) \
 	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
+/*
+ * table_tuple_update, without waiting for a row lock, as of now: its
+ * update_indexes became a TU_UpdateIndexes in PostgreSQL 16.  The task
+ * store has no summarizing (BRIN) indexes, so an update either needs new
+ * entries in all its indexes or in none (HOT).
+ */
+#if PG_VERSION_NUM >= 160000
+static inline TM_Result
+tfdw_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
+				  Snapshot snapshot, TM_FailureData *tmfd, bool *new_index_entries)
+{
+	LockTupleMode lockmode;
+	TU_UpdateIndexes update_indexes;
+	TM_Result	result = table_tuple_update(rel, otid, slot, GetCurrentCommandId(true),
+											snapshot, InvalidSnapshot, false, tmfd,
+											&lockmode, &update_indexes);
+
+	*new_index_entries = (update_indexes != TU_None);
+	return result;
+}
+#else
+static inline TM_Result
+tfdw_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
+				  Snapshot snapshot, TM_FailureData *tmfd, bool *new_index_entries)
+{
+	LockTupleMode lockmode;
+
+	return table_tuple_update(rel, otid, slot, GetCurrentCommandId(true),
+							  snapshot, InvalidSnapshot, false, tmfd,
+							  &lockmode, new_index_entries);
+}
 #endif
 
 /* create_foreignscan_path grew disabled_nodes (18) and fdw_restrictinfo (17). */

@@ -5,15 +5,17 @@
  *		  queued tasks, and recording starts and outcomes.
  *
  * All of it runs in one short transaction per turn of the event loop
- * (QueueBegin ... QueueCommit), never across a wait, with prepared SPI
- * plans.  A task's start is committed before its SQL is sent, so a task is
- * never sent twice: after a crash, a task still marked running is failed as
- * interrupted rather than run again.
+ * (QueueBegin ... QueueCommit), never across a wait.  Searches go through
+ * prepared SPI plans; starts and outcomes, two row updates per task and the
+ * bulk of the dispatcher's work, are written straight into the heap and its
+ * indexes, as submitters' inserts are.  A task's start is committed before
+ * its SQL is sent, so a task is never sent twice: after a crash, a task
+ * still marked running is failed as interrupted rather than run again.
  *
  * Submitters lock task rows while they cancel, reschedule or delete them.
- * The dispatcher never waits for those locks: every statement that writes a
- * task row skips locked rows, and an outcome that cannot be recorded yet is
- * kept and recorded on a later turn.  Completion notifications are sent in
+ * The dispatcher never waits for those locks: a row that is locked, or was
+ * changed since the turn's snapshot, is not written, and an outcome that
+ * cannot be recorded yet is kept and recorded on a later turn.  Completion notifications are sent in
  * the same transaction that records the outcome.
  *
  * IDENTIFICATION
@@ -23,12 +25,16 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "storage/lmgr.h"
 #include "utils/lsyscache.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -36,11 +42,13 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
+#include "utils/fmgroids.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "task_fdw.h"
 #include "dispatcher.h"
+#include "compat.h"
 
 /* Pools with queued tasks: a loose index scan over task_queued_idx. */
 #define FIND_POOLS_SQL \
@@ -83,73 +91,6 @@
 	" ORDER BY priority DESC, id LIMIT $3)" \
 	" LIMIT $3"
 
-/*
- * Record the start of tasks $1 on remote backends $3, except those no longer
- * queued and due (cancelled, deleted or postponed) or locked by a submitter
- * changing them.  Returns the ids started.  The state test is a function
- * call so that the planner does not take it for task_queued_idx's predicate
- * and scan that index for each id.
- */
-#define START_SQL \
-	"UPDATE task_fdw.task t SET state = 'running', started_at = $2, remote_pid = u.pid," \
-	" attempts = t.attempts OPERATOR(pg_catalog.+) 1" \
-	" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[])," \
-	"   pg_catalog.unnest($3::pg_catalog.int4[])) AS u(id, pid)," \
-	" LATERAL (SELECT c.id FROM task_fdw.task c" \
-	"   WHERE c.id OPERATOR(pg_catalog.=) u.id AND pg_catalog.texteq(c.state, 'queued')" \
-	"     AND (c.run_at IS NULL OR c.run_at OPERATOR(pg_catalog.<=) $2)" \
-	"   FOR UPDATE SKIP LOCKED) s" \
-	" WHERE t.id OPERATOR(pg_catalog.=) s.id" \
-	" RETURNING t.id"
-
-/*
- * Record the outcomes of tasks $1, one array element per task and column:
- * final, or queued again for a retry at $14 or, without $14, because the
- * task was never sent (which a cancel committed meanwhile turns into
- * cancelled).  A task queued again before its first attempt keeps no start.  Notices come as one JSON array of
- * strings per task.  Returns the id and state recorded of each task updated;
- * none for a task that is gone, final already, or locked.
- */
-#define FINISH_SQL \
-	"UPDATE task_fdw.task t SET state = s.state," \
-	" finished_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN NULL ELSE u.finished_at END," \
-	" run_at = CASE WHEN s.state OPERATOR(pg_catalog.=) 'queued' THEN COALESCE(u.retry_at, t.run_at)" \
-	"          ELSE t.run_at END," \
-	" started_at = CASE WHEN u.attempts OPERATOR(pg_catalog.=) 0 THEN NULL" \
-	"              ELSE COALESCE(u.started_at, t.started_at) END," \
-	" remote_pid = CASE WHEN u.attempts OPERATOR(pg_catalog.=) 0 THEN NULL ELSE t.remote_pid END," \
-	" command_tag = u.command_tag, rows = u.rows, result = u.result," \
-	" result_truncated = u.truncated, error = u.error, sqlstate = u.sqlstate," \
-	" error_detail = u.detail, error_hint = u.hint, error_context = u.context," \
-	" attempts = u.attempts," \
-	" notices = CASE WHEN u.notices IS NULL THEN NULL ELSE" \
-	"   ARRAY(SELECT pg_catalog.jsonb_array_elements_text(u.notices)) END" \
-	" FROM ROWS FROM (" \
-	"   pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[])," \
-	"   pg_catalog.unnest($3::pg_catalog.timestamptz[]), pg_catalog.unnest($4::pg_catalog.text[])," \
-	"   pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.jsonb[])," \
-	"   pg_catalog.unnest($7::pg_catalog.bool[]), pg_catalog.unnest($8::pg_catalog.text[])," \
-	"   pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[])," \
-	"   pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])," \
-	"   pg_catalog.unnest($13::pg_catalog.int4[]), pg_catalog.unnest($14::pg_catalog.timestamptz[])," \
-	"   pg_catalog.unnest($15::pg_catalog.jsonb[]), pg_catalog.unnest($16::pg_catalog.timestamptz[]))" \
-	"   AS u(id, state, finished_at, command_tag, rows, result, truncated, error," \
-	"        sqlstate, detail, hint, context, attempts, retry_at, notices, started_at)," \
-	" LATERAL (SELECT c.id, CASE WHEN u.state OPERATOR(pg_catalog.=) 'queued'" \
-	"                          AND c.cancel_requested_at IS NOT NULL" \
-	"                     THEN 'cancelled' ELSE u.state END AS state" \
-	"   FROM task_fdw.task c" \
-	"   WHERE c.id OPERATOR(pg_catalog.=) u.id" \
-	"     AND c.state OPERATOR(pg_catalog.=) ANY ('{queued,running}'::pg_catalog.text[])" \
-	"   FOR UPDATE SKIP LOCKED) s" \
-	" WHERE t.id OPERATOR(pg_catalog.=) s.id" \
-	" RETURNING t.id, s.state"
-
-/* Whether an unrecorded task is still there to record (so it was locked). */
-#define PENDING_SQL \
-	"SELECT 1 FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) $1" \
-	"   AND state OPERATOR(pg_catalog.=) ANY ('{queued,running}'::pg_catalog.text[])"
-
 /* Of the running tasks $1, those whose submitter cancelled or deleted them. */
 #define CANCELLED_SQL \
 	"SELECT r.id FROM pg_catalog.unnest($1::pg_catalog.int8[]) AS r(id)" \
@@ -188,9 +129,6 @@
 
 static SPIPlanPtr find_pools_plan = NULL;
 static SPIPlanPtr fetch_plan = NULL;
-static SPIPlanPtr start_plan = NULL;
-static SPIPlanPtr finish_plan = NULL;
-static SPIPlanPtr pending_plan = NULL;
 static SPIPlanPtr cancelled_plan = NULL;
 static SPIPlanPtr next_run_at_plan = NULL;
 static SPIPlanPtr purge_plan = NULL;
@@ -205,11 +143,8 @@ typedef struct ArrayBuilder
 } ArrayBuilder;
 
 static void array_builder_init(ArrayBuilder *b, int size);
-static int	task_count(dlist_head *tasks);
-static Task *find_task(dlist_head *tasks, int64 id);
 static int64 id_of(uint64 i);
 static void array_builder_add(ArrayBuilder *b, Datum value, bool isnull);
-static void array_builder_text(ArrayBuilder *b, const char *s);
 static Datum array_builder_finish(ArrayBuilder *b, Oid elemtype);
 
 
@@ -312,15 +247,6 @@ array_builder_add(ArrayBuilder *b, Datum value, bool isnull)
 }
 
 /*
- * array_builder_text appends s as text, or a NULL if s is NULL, to b.
- */
-static void
-array_builder_text(ArrayBuilder *b, const char *s)
-{
-	array_builder_add(b, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
-}
-
-/*
  * array_builder_finish returns b's elements, of type elemtype, as an array.
  */
 static Datum
@@ -363,21 +289,12 @@ QueuePrepare(void)
 {
 	Oid			fetch_types[6] = {OIDOID, OIDOID, INT4OID, TIMESTAMPTZOID, INT4OID,
 	INT8OID};
-	Oid			start_types[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4ARRAYOID};
-	Oid			finish_types[16] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		TEXTARRAYOID, INT8ARRAYOID, JSONBARRAYOID, BOOLARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	TIMESTAMPTZARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID};
-	Oid			id_type[1] = {INT8OID};
 	Oid			ids_type[1] = {INT8ARRAYOID};
 	Oid			time_type[1] = {TIMESTAMPTZOID};
 	Oid			purge_types[2] = {TIMESTAMPTZOID, INT4OID};
 
 	find_pools_plan = prepare_plan(FIND_POOLS_SQL, 0, NULL);
 	fetch_plan = prepare_plan(FETCH_SQL, 6, fetch_types);
-	start_plan = prepare_plan(START_SQL, 3, start_types);
-	finish_plan = prepare_plan(FINISH_SQL, 16, finish_types);
-	pending_plan = prepare_plan(PENDING_SQL, 1, id_type);
 	cancelled_plan = prepare_plan(CANCELLED_SQL, 1, ids_type);
 	next_run_at_plan = prepare_plan(NEXT_RUN_AT_SQL, 1, time_type);
 	purge_plan = prepare_plan(PURGE_SQL, 2, purge_types);
@@ -516,185 +433,322 @@ id_of(uint64 i)
 }
 
 /*
- * task_count returns the length of a list of tasks.
+ * The task store open for writing task rows directly: one per call of
+ * QueueRecordStarts or QueueRecordFinishes.
  */
-static int
-task_count(dlist_head *tasks)
+typedef struct RowWriter
 {
-	dlist_iter	iter;
-	int			n = 0;
+	Relation	rel;
+	ResultRelInfo *rri;
+	EState	   *estate;
+	Snapshot	snapshot;		/* the latest, registered */
+	IndexScanDesc scan;			/* over the primary key */
+	TupleTableSlot *oldslot;	/* the row found */
+	TupleTableSlot *newslot;	/* its new version */
+} RowWriter;
 
-	dlist_foreach(iter, tasks)
-		n++;
-	return n;
+/* What became of a row update. */
+typedef enum RowWrite
+{
+	ROW_WRITTEN,
+	ROW_GONE,					/* no such task (deleted) */
+	ROW_BUSY					/* locked, or changed since the snapshot */
+} RowWrite;
+
+/*
+ * writer_begin opens the task store, its indexes and a primary key scan,
+ * with the latest snapshot, which also sees this turn's earlier writes.
+ */
+static void
+writer_begin(RowWriter *w)
+{
+	Relation	pkey;
+
+	CommandCounterIncrement();
+	w->rel = TaskStoreOpen(RowExclusiveLock);
+	w->estate = CreateExecutorState();
+	w->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
+	ExecOpenIndices(w->rri, false);
+	w->snapshot = RegisterSnapshot(GetLatestSnapshot());
+	pkey = index_open(TaskStoreIndex("task_pkey"), AccessShareLock);
+	w->scan = index_beginscan(w->rel, pkey, w->snapshot, 1, 0);
+	w->oldslot = table_slot_create(w->rel, NULL);
+	w->newslot = table_slot_create(w->rel, NULL);
 }
 
 /*
- * find_task returns the task of a list with the given id, which the caller
- * knows is there (the statement returned it).
+ * writer_end closes what writer_begin opened.
  */
-static Task *
-find_task(dlist_head *tasks, int64 id)
+static void
+writer_end(RowWriter *w)
 {
-	dlist_iter	iter;
+	Relation	pkey = w->scan->indexRelation;
 
-	dlist_foreach(iter, tasks)
+	index_endscan(w->scan);
+	index_close(pkey, AccessShareLock);
+	ExecDropSingleTupleTableSlot(w->oldslot);
+	ExecDropSingleTupleTableSlot(w->newslot);
+	UnregisterSnapshot(w->snapshot);
+	ExecCloseIndices(w->rri);
+	FreeExecutorState(w->estate);
+	table_close(w->rel, NoLock);
+}
+
+/*
+ * writer_find reads task id's row into w->oldslot, all its columns
+ * deformed, and returns false if there is no such task.
+ */
+static bool
+writer_find(RowWriter *w, int64 id)
+{
+	ScanKeyData key;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	index_rescan(w->scan, &key, 1, NULL, 0);
+	if (!index_getnext_slot(w->scan, ForwardScanDirection, w->oldslot))
+		return false;
+	slot_getallattrs(w->oldslot);
+	return true;
+}
+
+/*
+ * writer_text returns column anum of the row found, as text, or NULL.
+ */
+static const char *
+writer_text(RowWriter *w, int anum)
+{
+	if (w->oldslot->tts_isnull[anum - 1])
+		return NULL;
+	return TextDatumGetCString(w->oldslot->tts_values[anum - 1]);
+}
+
+/*
+ * writer_prepare starts the new version of the row found as a copy of it,
+ * for the caller to change columns of with SET_COLUMN / SET_NULL.
+ */
+static void
+writer_prepare(RowWriter *w)
+{
+	TupleTableSlot *slot = w->newslot;
+
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, w->oldslot->tts_values, sizeof(Datum) * Natts_task);
+	memcpy(slot->tts_isnull, w->oldslot->tts_isnull, sizeof(bool) * Natts_task);
+}
+
+#define SET_COLUMN(w, anum, datum) \
+	((w)->newslot->tts_values[(anum) - 1] = (datum), \
+	 (w)->newslot->tts_isnull[(anum) - 1] = false)
+#define SET_NULL(w, anum) \
+	((w)->newslot->tts_isnull[(anum) - 1] = true)
+
+/*
+ * writer_update replaces the row found by its new version, and its index
+ * entries unless the update is HOT, without waiting for a lock: a row
+ * locked by a submitter, or changed by one since the snapshot, is left as
+ * it is (ROW_BUSY), and one deleted meanwhile is ROW_GONE.
+ */
+static RowWrite
+writer_update(RowWriter *w)
+{
+	TM_FailureData tmfd;
+	bool		new_index_entries;
+	TM_Result	result;
+
+	ExecStoreVirtualTuple(w->newslot);
+	result = tfdw_tuple_update(w->rel, &w->oldslot->tts_tid, w->newslot,
+							   w->snapshot, &tmfd, &new_index_entries);
+	switch (result)
 	{
-		Task	   *task = dlist_container(Task, node, iter.cur);
-
-		if (task->id == id)
-			return task;
+		case TM_Ok:
+			if (new_index_entries)
+				(void) tfdw_insert_index_tuples(w->rri, w->newslot, w->estate);
+			return ROW_WRITTEN;
+		case TM_Deleted:
+			return ROW_GONE;
+		case TM_Updated:
+		case TM_BeingModified:
+			return ROW_BUSY;
+		default:
+			elog(ERROR, "unexpected result %d updating a task", (int) result);
 	}
-	elog(ERROR, "task " INT64_FORMAT " was recorded but is not in hand", id);
-	return NULL;				/* keep compiler quiet */
+	return ROW_BUSY;			/* keep compiler quiet */
 }
 
 /*
  * QueueRecordStarts marks the tasks of the list running, each on its
- * connection's remote backend, in one statement, and sets task->recorded
- * on those it started.  The others are no longer queued and due, or are
- * locked by a submitter changing them.
+ * connection's remote backend, and sets task->recorded on those it
+ * started.  The others are no longer queued and due (cancelled, deleted or
+ * postponed), or are locked by a submitter changing them.
  */
 void
 QueueRecordStarts(dlist_head *tasks)
 {
-	ArrayBuilder ids;
-	ArrayBuilder pids;
-	Datum		values[3];
+	RowWriter	w;
 	dlist_iter	iter;
-	uint64		i;
-	int			n = task_count(tasks);
+	TimestampTz now = GetCurrentTimestamp();
 
-	array_builder_init(&ids, n);
-	array_builder_init(&pids, n);
+	writer_begin(&w);
 	dlist_foreach(iter, tasks)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
+		const char *state;
 
 		task->recorded = false;
-		array_builder_add(&ids, Int64GetDatum(task->id), false);
-		array_builder_add(&pids, Int32GetDatum(task->remote_pid), false);
+		if (!writer_find(&w, task->id))
+			continue;
+		state = writer_text(&w, Anum_task_state);
+		if (strcmp(state, TFDW_STATE_QUEUED) != 0 ||
+			(!w.oldslot->tts_isnull[Anum_task_run_at - 1] &&
+			 DatumGetTimestampTz(w.oldslot->tts_values[Anum_task_run_at - 1]) > now))
+			continue;
+		writer_prepare(&w);
+		SET_COLUMN(&w, Anum_task_state, CStringGetTextDatum(TFDW_STATE_RUNNING));
+		SET_COLUMN(&w, Anum_task_started_at, TimestampTzGetDatum(now));
+		SET_COLUMN(&w, Anum_task_remote_pid, Int32GetDatum(task->remote_pid));
+		SET_COLUMN(&w, Anum_task_attempts,
+				   Int32GetDatum(DatumGetInt32(w.oldslot->tts_values[Anum_task_attempts - 1]) + 1));
+		task->recorded = (writer_update(&w) == ROW_WRITTEN);
 	}
-	values[0] = array_builder_finish(&ids, INT8OID);
-	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[2] = array_builder_finish(&pids, INT4OID);
-	if (SPI_execute_plan(start_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not record the start of tasks");
-	for (i = 0; i < SPI_processed; i++)
-		find_task(tasks, id_of(i))->recorded = true;
-	SPI_freetuptable(SPI_tuptable);
+	writer_end(&w);
 }
 
 /*
- * notices_json returns a task's notices as a JSON array of strings.
+ * text_column sets column anum of w's new row version to s, or NULL.
+ */
+static void
+text_column(RowWriter *w, int anum, const char *s)
+{
+	if (s == NULL)
+		SET_NULL(w, anum);
+	else
+		SET_COLUMN(w, anum, CStringGetTextDatum(s));
+}
+
+/*
+ * notices_array returns a task's notices as a text array.
  */
 static Datum
-notices_json(List *notices)
+notices_array(List *notices)
 {
-	StringInfoData buf;
+	Datum	   *elems = palloc(sizeof(Datum) * list_length(notices));
 	ListCell   *lc;
+	int			n = 0;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '[');
 	foreach(lc, notices)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * record_outcome writes what task's outcome is, state, into its row found
+ * by w: final, or queued again for a retry at task->retry_at or, without
+ * one, because the task was never sent, which a cancel committed meanwhile
+ * turns into cancelled.  A task queued again before its first attempt
+ * keeps no start.  Sets *written to the state written.
+ */
+static RowWrite
+record_outcome(RowWriter *w, Task *task, const char *state, const char **written)
+{
+	bool		queued;
+
+	if (strcmp(state, TFDW_STATE_QUEUED) == 0 &&
+		!w->oldslot->tts_isnull[Anum_task_cancel_requested_at - 1])
+		state = TFDW_STATE_CANCELLED;
+	queued = (strcmp(state, TFDW_STATE_QUEUED) == 0);
+
+	writer_prepare(w);
+	SET_COLUMN(w, Anum_task_state, CStringGetTextDatum(state));
+	if (queued)
 	{
-		if (buf.len > 1)
-			appendStringInfoChar(&buf, ',');
-		escape_json(&buf, (char *) lfirst(lc));
+		SET_NULL(w, Anum_task_finished_at);
+		if (task->retry_at != 0)
+			SET_COLUMN(w, Anum_task_run_at, TimestampTzGetDatum(task->retry_at));
 	}
-	appendStringInfoChar(&buf, ']');
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+	else
+		SET_COLUMN(w, Anum_task_finished_at, TimestampTzGetDatum(task->finished_at));
+	if (task->attempts == 0)
+	{
+		SET_NULL(w, Anum_task_started_at);
+		SET_NULL(w, Anum_task_remote_pid);
+	}
+	else if (task->started_at != 0)
+		SET_COLUMN(w, Anum_task_started_at, TimestampTzGetDatum(task->started_at));
+	text_column(w, Anum_task_command_tag, task->command_tag);
+	if (task->has_rows)
+		SET_COLUMN(w, Anum_task_rows, Int64GetDatum(task->rows));
+	else
+		SET_NULL(w, Anum_task_rows);
+	if (task->has_result)
+	{
+		SET_COLUMN(w, Anum_task_result,
+				   DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data)));
+		SET_COLUMN(w, Anum_task_result_truncated, BoolGetDatum(task->truncated));
+	}
+	else
+	{
+		SET_NULL(w, Anum_task_result);
+		SET_NULL(w, Anum_task_result_truncated);
+	}
+	text_column(w, Anum_task_error, task->error);
+	text_column(w, Anum_task_sqlstate, task->sqlstate);
+	text_column(w, Anum_task_error_detail, task->error_detail);
+	text_column(w, Anum_task_error_hint, task->error_hint);
+	text_column(w, Anum_task_error_context, task->error_context);
+	SET_COLUMN(w, Anum_task_attempts, Int32GetDatum(task->attempts));
+	if (task->notices != NIL)
+		SET_COLUMN(w, Anum_task_notices, notices_array(task->notices));
+	else
+		SET_NULL(w, Anum_task_notices);
+
+	*written = state;
+	return writer_update(w);
 }
 
 /*
  * QueueRecordFinishes records the outcomes (final, or a retry) of the tasks
- * of the list in one statement, and sets task->recorded on each one that
- * needs no more recording: recorded now, or gone (deleted).  A task whose
- * row a submitter's UPDATE or DELETE in progress has locked is left
- * unrecorded, for the caller to try again later.
+ * of the list, and sets task->recorded on each one that needs no more
+ * recording: recorded now, or gone (deleted), or final already.  A task
+ * whose row a submitter's UPDATE or DELETE in progress has locked is left
+ * unrecorded, for the caller to try again later.  Each final outcome sends
+ * its completion notification at commit.
  */
 void
 QueueRecordFinishes(dlist_head *tasks)
 {
-	ArrayBuilder cols[16];
-	Datum		values[16];
-	Oid			types[16] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
-		JSONBOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,
-	TIMESTAMPTZOID, JSONBOID, TIMESTAMPTZOID};
+	RowWriter	w;
 	dlist_iter	iter;
-	uint64		i;
-	int			c;
-	int			n = task_count(tasks);
 
-	for (c = 0; c < 16; c++)
-		array_builder_init(&cols[c], n);
+	writer_begin(&w);
 	dlist_foreach(iter, tasks)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 		const char *state = TaskResolveOutcome(task);
-
-		task->recorded = false;
-		array_builder_add(&cols[0], Int64GetDatum(task->id), false);
-		array_builder_text(&cols[1], state);
-		array_builder_add(&cols[2], TimestampTzGetDatum(task->finished_at), false);
-		array_builder_text(&cols[3], task->command_tag);
-		array_builder_add(&cols[4], Int64GetDatum(task->rows), !task->has_rows);
-		if (task->has_result)
-		{
-			array_builder_add(&cols[5], DirectFunctionCall1(jsonb_in,
-															CStringGetDatum(task->result.data)),
-							  false);
-			array_builder_add(&cols[6], BoolGetDatum(task->truncated), false);
-		}
-		else
-		{
-			array_builder_add(&cols[5], (Datum) 0, true);
-			array_builder_add(&cols[6], (Datum) 0, true);
-		}
-		array_builder_text(&cols[7], task->error);
-		array_builder_text(&cols[8], task->sqlstate);
-		array_builder_text(&cols[9], task->error_detail);
-		array_builder_text(&cols[10], task->error_hint);
-		array_builder_text(&cols[11], task->error_context);
-		array_builder_add(&cols[12], Int32GetDatum(task->attempts), false);
-		array_builder_add(&cols[13], TimestampTzGetDatum(task->retry_at), task->retry_at == 0);
-		array_builder_add(&cols[14], task->notices != NIL ? notices_json(task->notices) : (Datum) 0,
-						  task->notices == NIL);
-		array_builder_add(&cols[15], TimestampTzGetDatum(task->started_at),
-						  task->started_at == 0);
-	}
-	for (c = 0; c < 16; c++)
-		values[c] = array_builder_finish(&cols[c], types[c]);
-
-	if (SPI_execute_plan(finish_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not record the outcome of tasks");
-	for (i = 0; i < SPI_processed; i++)
-	{
-		Task	   *task = find_task(tasks, id_of(i));
-		bool		isnull;
-		char	   *recorded = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
-																 SPI_tuptable->tupdesc,
-																 2, &isnull));
+		const char *stored;
+		const char *written;
 
 		task->recorded = true;
-		if (strcmp(recorded, TFDW_STATE_QUEUED) != 0)
-			TaskStoreNotifyFinished(task->id, recorded);
+		if (!writer_find(&w, task->id))
+			continue;			/* deleted */
+		stored = writer_text(&w, Anum_task_state);
+		if (strcmp(stored, TFDW_STATE_QUEUED) != 0 &&
+			strcmp(stored, TFDW_STATE_RUNNING) != 0)
+			continue;			/* final already */
+		switch (record_outcome(&w, task, state, &written))
+		{
+			case ROW_WRITTEN:
+				if (strcmp(written, TFDW_STATE_QUEUED) != 0)
+					TaskStoreNotifyFinished(task->id, written);
+				break;
+			case ROW_GONE:
+				break;
+			case ROW_BUSY:
+				task->recorded = false;
+				break;
+		}
 	}
-	SPI_freetuptable(SPI_tuptable);
-
-	/* Not updated: gone or final (done with it), or locked (try later). */
-	dlist_foreach(iter, tasks)
-	{
-		Task	   *task = dlist_container(Task, node, iter.cur);
-		Datum		id[1];
-
-		if (task->recorded)
-			continue;
-		id[0] = Int64GetDatum(task->id);
-		if (SPI_execute_plan(pending_plan, id, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not look up task " INT64_FORMAT, task->id);
-		task->recorded = (SPI_processed == 0);
-	}
+	writer_end(&w);
 }
 
 /*
