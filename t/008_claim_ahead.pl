@@ -31,6 +31,25 @@ SELECT string_agg(state || ' ' || n, ', ') FROM (
 is($node->safe_psql('postgres', 'SELECT max(attempts) FROM tasks'),
 	'1', 'each of them ran once');
 
+# On a busy pool, a task of one statement follows its session reset in the
+# same pipeline: it must still run as the first statement of a transaction
+# of its own, or VACUUM would fail.  Tasks of several statements still go
+# as simple queries, and their last result is the one reported.
+is( $node->safe_psql('postgres', q{
+INSERT INTO tasks(sql, batch)
+SELECT CASE WHEN i % 10 = 0 THEN 'VACUUM effects'
+            WHEN i % 10 = 5 THEN 'SELECT 1; SELECT 2 AS two'
+            ELSE 'SELECT 1' END, 'mixed'
+  FROM generate_series(1, 200) i;
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE batch = 'mixed'), '60s');
+SELECT count(*) FILTER (WHERE command_tag = 'VACUUM') || ' vacuums, '
+    || count(*) FILTER (WHERE result = '[{"two": 2}]') || ' multi-statement, '
+    || count(*) FILTER (WHERE state <> 'done') || ' not done'
+  FROM tasks WHERE batch = 'mixed';
+}),
+	"200\n20 vacuums, 20 multi-statement, 0 not done",
+	'one-statement tasks (VACUUM too) and multi-statement tasks run on a busy pool');
+
 # run_behind_blocker($label): one task that waits for an advisory lock this
 # test holds, then 40 tasks with a side effect, committed together; returns
 # the blocker's id and the ids of the 40.  The blocker is claimed first
