@@ -456,22 +456,26 @@ typedef enum RowWrite
 } RowWrite;
 
 /*
- * writer_begin opens the task store, its indexes and a primary key scan,
- * with the latest snapshot, which also sees this turn's earlier writes.
+ * writer_begin opens the task store, its indexes and a scan of its primary
+ * key (one of those indexes), with the latest snapshot, which also sees
+ * this turn's earlier writes.
  */
 static void
 writer_begin(RowWriter *w)
 {
-	Relation	pkey;
+	Relation	pkey = NULL;
+	int			i;
 
 	CommandCounterIncrement();
-	w->rel = TaskStoreOpen(RowExclusiveLock);
+	w->rri = TaskStoreOpenForWriting();
+	w->rel = w->rri->ri_RelationDesc;
 	w->estate = CreateExecutorState();
-	w->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
-	ExecOpenIndices(w->rri, false);
 	w->snapshot = RegisterSnapshot(GetLatestSnapshot());
-	pkey = index_open(TaskStoreIndex("task_pkey"), AccessShareLock);
+	for (i = 0; i < w->rri->ri_NumIndices; i++)
+		if (w->rri->ri_IndexRelationDescs[i]->rd_index->indisprimary)
+			pkey = w->rri->ri_IndexRelationDescs[i];
+	if (pkey == NULL)
+		elog(ERROR, "the primary key of the task store is missing");
 	w->scan = index_beginscan(w->rel, pkey, w->snapshot, 1, 0);
 	w->oldslot = table_slot_create(w->rel, NULL);
 	w->newslot = table_slot_create(w->rel, NULL);
@@ -483,16 +487,12 @@ writer_begin(RowWriter *w)
 static void
 writer_end(RowWriter *w)
 {
-	Relation	pkey = w->scan->indexRelation;
-
 	index_endscan(w->scan);
-	index_close(pkey, AccessShareLock);
 	ExecDropSingleTupleTableSlot(w->oldslot);
 	ExecDropSingleTupleTableSlot(w->newslot);
 	UnregisterSnapshot(w->snapshot);
-	ExecCloseIndices(w->rri);
 	FreeExecutorState(w->estate);
-	table_close(w->rel, NoLock);
+	TaskStoreCloseForWriting(w->rri);
 }
 
 /*

@@ -52,6 +52,31 @@ struct TaskInsertState
 };
 
 /*
+ * TaskStoreOpenForWriting opens the task store and its indexes for writing
+ * rows straight into them, and returns them as a result relation.
+ */
+ResultRelInfo *
+TaskStoreOpenForWriting(void)
+{
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+	InitResultRelInfo(rri, TaskStoreOpen(RowExclusiveLock), 0, NULL, 0);
+	ExecOpenIndices(rri, false);
+	return rri;
+}
+
+/*
+ * TaskStoreCloseForWriting closes what TaskStoreOpenForWriting opened,
+ * keeping the lock until the end of the transaction.
+ */
+void
+TaskStoreCloseForWriting(ResultRelInfo *rri)
+{
+	ExecCloseIndices(rri);
+	table_close(rri->ri_RelationDesc, NoLock);
+}
+
+/*
  * TaskStoreBeginInsert opens the task store and its indexes for inserting
  * tasks in the executor state estate.
  */
@@ -60,10 +85,8 @@ TaskStoreBeginInsert(EState *estate)
 {
 	TaskInsertState *state = palloc0(sizeof(TaskInsertState));
 
-	state->rel = TaskStoreOpen(RowExclusiveLock);
-	state->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(state->rri, state->rel, 0, NULL, 0);
-	ExecOpenIndices(state->rri, false);
+	state->rri = TaskStoreOpenForWriting();
+	state->rel = state->rri->ri_RelationDesc;
 	state->slot = table_slot_create(state->rel, NULL);
 	state->estate = estate;
 	state->seqid = getIdentitySequence(RelationGetRelid(state->rel), Anum_task_id, false);
@@ -126,8 +149,7 @@ void
 TaskStoreEndInsert(TaskInsertState *state)
 {
 	ExecDropSingleTupleTableSlot(state->slot);
-	ExecCloseIndices(state->rri);
-	table_close(state->rel, NoLock);
+	TaskStoreCloseForWriting(state->rri);
 }
 
 /*

@@ -352,6 +352,8 @@ typedef struct TaskSubmission
 	bool		retry_interrupted;	/* queue again if interrupted */
 } TaskSubmission;
 
+extern struct ResultRelInfo *TaskStoreOpenForWriting(void);
+extern void TaskStoreCloseForWriting(struct ResultRelInfo *rri);
 extern TaskInsertState *TaskStoreBeginInsert(struct EState *estate);
 extern void TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
 							Datum *values, bool *nulls);
