@@ -15,8 +15,8 @@
  * Submitters lock task rows while they cancel, reschedule or delete them.
  * The dispatcher never waits for those locks: a row that is locked, or was
  * changed since the turn's snapshot, is not written, and an outcome that
- * cannot be recorded yet is kept and recorded on a later turn.  Completion notifications are sent in
- * the same transaction that records the outcome.
+ * cannot be recorded yet is kept and recorded on a later turn.  Completion
+ * notifications are sent in the same transaction that records the outcome.
  *
  * IDENTIFICATION
  *		  src/queue.c
@@ -632,13 +632,13 @@ text_column(RowWriter *w, int anum, const char *s)
 static Datum
 notices_array(List *notices)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * list_length(notices));
+	ArrayBuilder b;
 	ListCell   *lc;
-	int			n = 0;
 
+	array_builder_init(&b, list_length(notices));
 	foreach(lc, notices)
-		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+		array_builder_add(&b, CStringGetTextDatum((char *) lfirst(lc)), false);
+	return array_builder_finish(&b, TEXTOID);
 }
 
 /*
