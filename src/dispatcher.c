@@ -114,7 +114,6 @@ DispatcherNewTask(Pool *pool, int64 id, const char *sql)
 
 	task->id = id;
 	task->sql = pstrdup(sql);
-	task->one_statement = TaskSqlIsOneStatement(sql);
 	task->cxt = cxt;
 	task->pool = pool;
 	initStringInfo(&task->result);

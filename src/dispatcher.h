@@ -51,7 +51,6 @@ typedef struct Task
 	List	   *retry_sqlstates;	/* of char *, besides classes 08 and 40 */
 	int64		retry_delay;	/* microseconds before the first retry */
 	bool		retry_interrupted;	/* on_interrupt 'retry' */
-	bool		one_statement;	/* its SQL is one statement */
 	TimestampTz deadline;		/* when it times out, or 0 */
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
@@ -204,7 +203,6 @@ extern TimestampTz PoolNextAttention(Pool *pool);
 extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnLost(Conn *conn);
 extern void ConnResetEarly(Conn *conn);
-extern bool TaskSqlIsOneStatement(const char *sql);
 extern void ConnSendTask(Conn *conn);
 extern void ConnReleaseAhead(Conn *conn, bool all);
 extern TimestampTz ConnStalledAt(Conn *conn);

@@ -57,6 +57,7 @@ static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool conn_send_sql(Conn *conn);
 static bool conn_begin(Conn *conn, bool send_sql);
 static bool conn_needs_reset(Conn *conn);
+static bool sql_is_one_statement(const char *sql);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -70,13 +71,13 @@ static bool is_json_number(const char *s);
 static char *task_strdup(Task *task, const char *s);
 
 /*
- * TaskSqlIsOneStatement returns whether sql is exactly one statement, as
+ * sql_is_one_statement returns whether sql is exactly one statement, as
  * this server's parser reads it.  SQL it cannot parse (a newer server's
  * syntax, or a mistake the remote will report) counts as several, so that
  * it goes as a simple query, as any task did before.
  */
-bool
-TaskSqlIsOneStatement(const char *sql)
+static bool
+sql_is_one_statement(const char *sql)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
 											  "task_fdw statement count",
@@ -350,7 +351,7 @@ conn_begin(Conn *conn, bool send_sql)
 		return conn_send_sql(conn);
 	conn->state = CONN_RESETTING;
 	conn->appname_task = task->id;
-	conn->sql_pipelined = send_sql && task->one_statement;
+	conn->sql_pipelined = send_sql && sql_is_one_statement(task->sql);
 	if (!PQenterPipelineMode(conn->conn) ||
 		(conn->used &&
 		 !PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0)) ||
