@@ -52,7 +52,7 @@
  * (those running for less than this long) before recording them all in one
  * transaction.
  */
-#define GATHER_MS			1
+#define GATHER_MS			3
 /* A cancel request is sent again this often while the task still runs. */
 #define CANCEL_RESEND_MS	1000
 /* Retention removes at most this many tasks per transaction. */

@@ -37,7 +37,7 @@ int			TaskFdwMaxResultRows = 1000;
 int			TaskFdwMaxResultBytes = 1024 * 1024;
 int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
-int			TaskFdwClaimAhead = 16;
+int			TaskFdwClaimAhead = 48;
 int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
@@ -119,7 +119,7 @@ _PG_init(void)
 							"Maximum number of short tasks a pooled connection claims ahead of the one it runs.",
 							"Claimed tasks are recorded as running; 0 claims a task only when a connection is free.",
 							&TaskFdwClaimAhead,
-							16, 0, 1000,
+							48, 0, 1000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");
