@@ -91,7 +91,7 @@ static long next_timeout(TimestampTz now);
 static bool dispatcher_idle(void);
 static void dispatcher_shutdown(void);
 static List *running_tasks(bool ahead);
-static void release_ahead(TimestampTz now);
+static void release_ahead(TimestampTz now, bool cancelled);
 static TimestampTz cancel_due_at(Task *task);
 static bool cancels_due(TimestampTz now);
 static void send_due_cancels(List *running, TimestampTz now);
@@ -344,7 +344,7 @@ dispatcher_loop(void)
 		 * that has not ended really run long: not while a turn kept its
 		 * results unread.
 		 */
-		release_ahead(GetCurrentTimestamp());
+		release_ahead(GetCurrentTimestamp(), false);
 	}
 }
 
@@ -470,12 +470,13 @@ running_tasks(bool ahead)
 }
 
 /*
- * release_ahead hands back to the queue the tasks claimed ahead that their
- * submitters have cancelled, and all those that wait behind a task that
- * has run long by now.
+ * release_ahead hands back to the queue all the tasks claimed ahead that
+ * wait behind a task that has run long by now, and with cancelled those
+ * their submitters have cancelled (only QueueMarkCancelled marks them, so
+ * only then is there any to look for).
  */
 static void
-release_ahead(TimestampTz now)
+release_ahead(TimestampTz now, bool cancelled)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
@@ -490,8 +491,10 @@ release_ahead(TimestampTz now)
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 			TimestampTz stalled_at = ConnStalledAt(conn);
 
-			if (conn->nahead > 0)
-				ConnReleaseAhead(conn, stalled_at != 0 && now >= stalled_at);
+			bool		stalled = stalled_at != 0 && now >= stalled_at;
+
+			if (conn->nahead > 0 && (stalled || cancelled))
+				ConnReleaseAhead(conn, stalled);
 		}
 	}
 }
@@ -615,7 +618,7 @@ bookkeeping(TimestampTz now)
 
 		QueueMarkCancelled(claimed);
 		list_free(claimed);
-		release_ahead(now);
+		release_ahead(now, true);
 		check_cancels = false;
 	}
 	send_due_cancels(running, now);
