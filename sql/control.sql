@@ -244,8 +244,36 @@ SELECT state IN ('queued', 'running') AS unfinished FROM task_fdw.wait_batch('sl
 SET statement_timeout = '200ms';
 SELECT * FROM task_fdw.wait_batch('slow');
 RESET statement_timeout;
+-- A wait re-reads only the first unfinished task it meets at each wake-up,
+-- but a timeout reports every task as it is then: here the 0.3 s task,
+-- unfinished when the wait began, behind (or older than) a blocked one.
+-- They run on a server of their own, as the slow task fills ctl's pool.
+CREATE SERVER ctl_wait FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
+CREATE USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair', 'ctl_wait')
+RETURNING id AS blocked_id \gset
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair', 'ctl_wait')
+RETURNING id AS sleeper_id \gset
+SELECT id = :blocked_id AS blocked, state
+  FROM task_fdw.wait(ARRAY[:blocked_id, :sleeper_id], '2s') ORDER BY id;
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair2', 'ctl_wait')
+RETURNING id AS sleeper_id \gset
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair2', 'ctl_wait')
+RETURNING id AS blocked_id \gset
+SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair2', '2s') ORDER BY id;
+-- wait_batch reads the whole batch again once the newest unfinished task
+-- ends: here the older one still waits for the lock when the 0.3 s one ends.
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair3', 'ctl_wait')
+RETURNING id AS blocked_id \gset
+INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair3', 'ctl_wait');
+SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair3', '2s') ORDER BY id;
 SELECT pg_advisory_unlock(4242);
 SELECT state FROM task_fdw.wait_batch('slow');
+SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE batch LIKE 'pair%'))
+ GROUP BY state;
+DELETE FROM ctl_tasks WHERE batch LIKE 'pair%';
+DROP USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
+DROP SERVER ctl_wait;
 
 -- ===================================================================
 -- DELETE

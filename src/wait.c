@@ -45,7 +45,9 @@ static TimestampTz wait_deadline(FunctionCallInfo fcinfo, int argno);
 static void wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline);
 static bool wait_sleep(TimestampTz deadline);
 static void check_not_mine(int64 id, bool mine, const char *state);
-static bool read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states);
+static void read_task_state(Relation rel, Oid pkey, int64 id, char **state);
+static bool read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states,
+					   int64 *pending);
 
 /*
  * TaskFdwWakeWaiters wakes every session waiting for tasks to finish.
@@ -80,44 +82,74 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 /*
  * wait_for_tasks fills states with the state of each of the n tasks ids,
  * once all are final or deadline (0: none) has passed.
+ *
+ * The first pass reads every task, so that an unknown id, or a task of the
+ * current transaction, is reported at once.  Afterwards each wake-up reads
+ * tasks in order only up to the first one that is not final: until that one
+ * ends, the others need not be read again, and a wait for thousands of
+ * tasks costs a few index lookups per wake-up rather than thousands.  The
+ * tasks after it are read again once it ends, or when the wait times out.
  */
 static void
 wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 {
 	Oid			relid = TaskStoreRelid();
 	Oid			pkey = TaskStoreIndex("task_pkey");
+	int			first = 0;		/* the tasks before it are final */
+	bool		first_pass = true;
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
 		Relation	rel = table_open(relid, AccessShareLock);
-		bool		all_final = true;
-		bool		mine;
 		int			i;
 
-		for (i = 0; i < n; i++)
+		for (i = first; i < n; i++)
 		{
-			if (states[i] != NULL)
-			{
-				if (TaskStateIsFinal(states[i]))
-					continue;
-				pfree(states[i]);
-			}
-			states[i] = TaskStoreReadState(rel, pkey, ids[i], &mine);
-			if (states[i] == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_OBJECT),
-						 errmsg("task " INT64_FORMAT " does not exist", ids[i])));
-			check_not_mine(ids[i], mine, states[i]);
-			if (!TaskStateIsFinal(states[i]))
-				all_final = false;
+			if (states[i] == NULL || !TaskStateIsFinal(states[i]))
+				read_task_state(rel, pkey, ids[i], &states[i]);
+			if (!TaskStateIsFinal(states[i]) && !first_pass)
+				break;
 		}
 		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
-		if (all_final || !wait_sleep(deadline))
+		first_pass = false;
+		while (first < n && TaskStateIsFinal(states[first]))
+			first++;
+		if (first == n)
 			break;
+		if (!wait_sleep(deadline))
+		{
+			/* Report the tasks not read since as they are now. */
+			rel = table_open(relid, AccessShareLock);
+			for (i = first; i < n; i++)
+				if (!TaskStateIsFinal(states[i]))
+					read_task_state(rel, pkey, ids[i], &states[i]);
+			table_close(rel, AccessShareLock);
+			break;
+		}
 	}
 	ConditionVariableCancelSleep();
+}
+
+/*
+ * read_task_state replaces *state with the state of task id as last
+ * committed; an unknown task, or one the current transaction submitted or
+ * changed and that is not finished, is an error.
+ */
+static void
+read_task_state(Relation rel, Oid pkey, int64 id, char **state)
+{
+	bool		mine;
+
+	if (*state != NULL)
+		pfree(*state);
+	*state = TaskStoreReadState(rel, pkey, id, &mine);
+	if (*state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("task " INT64_FORMAT " does not exist", id)));
+	check_not_mine(id, mine, *state);
 }
 
 /*
@@ -236,7 +268,8 @@ task_fdw_wait_many(PG_FUNCTION_ARGS)
  * labelled batch, as last committed, and returns whether all are finished.
  */
 static bool
-read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
+read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states,
+		   int64 *pending)
 {
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -263,7 +296,10 @@ read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
 					   TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)),
 					   state);
 		if (!TaskStateIsFinal(state))
+		{
 			all_final = false;
+			*pending = Max(*pending, *id);
+		}
 		*ids = lappend(*ids, id);
 		*states = lappend(*states, state);
 	}
@@ -282,6 +318,7 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Oid			relid;
 	Oid			index;
+	Oid			pkey;
 	TimestampTz deadline;
 	List	   *ids;
 	List	   *states;
@@ -296,19 +333,49 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 	deadline = wait_deadline(fcinfo, 1);
 	relid = TaskStoreRelid();
 	index = TaskStoreIndex("task_batch_idx");
+	pkey = TaskStoreIndex("task_pkey");
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
 		Relation	rel = table_open(relid, AccessShareLock);
-		bool		all_final = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states);
+		int64		pending = 0;
+		bool		all_final = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states,
+										   &pending);
+		bool		timed_out = false;
 
+		/*
+		 * Until the newest task found unfinished ends (the dispatcher runs a
+		 * pool's tasks oldest first), only it is read at each wake-up, not
+		 * the whole batch again.
+		 */
+		while (!all_final && !timed_out)
+		{
+			char	   *state;
+			bool		mine;
+
+			table_close(rel, AccessShareLock);
+			timed_out = !wait_sleep(deadline);
+			rel = table_open(relid, AccessShareLock);
+			state = TaskStoreReadState(rel, pkey, pending, &mine);
+			if (state == NULL || TaskStateIsFinal(state))
+				break;
+			pfree(state);
+		}
 		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
-		if (all_final || !wait_sleep(deadline))
+		if (all_final)
 			break;
 		list_free_deep(ids);
 		list_free_deep(states);
+		if (timed_out)
+		{
+			/* Report the batch as it is now. */
+			rel = table_open(relid, AccessShareLock);
+			(void) read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states, &pending);
+			table_close(rel, AccessShareLock);
+			break;
+		}
 	}
 	ConditionVariableCancelSleep();
 
