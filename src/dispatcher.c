@@ -490,7 +490,6 @@ release_ahead(TimestampTz now, bool cancelled)
 		{
 			Conn	   *conn = dlist_container(Conn, node, iter.cur);
 			TimestampTz stalled_at = ConnStalledAt(conn);
-
 			bool		stalled = stalled_at != 0 && now >= stalled_at;
 
 			if (conn->nahead > 0 && (stalled || cancelled))

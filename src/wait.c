@@ -6,7 +6,9 @@
  * A waiter re-reads the states it waits for (with the latest committed
  * snapshot, so it works in any isolation level) each time a dispatcher
  * broadcasts the shared condition variable after recording finished tasks,
- * and sleeps on it otherwise.  The sleep responds to query cancel and
+ * and sleeps on it otherwise.  At each wake-up it reads only the task that
+ * decides whether to go on waiting (the first unfinished one, or for a
+ * batch the newest), so that a wait for thousands of tasks stays cheap.  The sleep responds to query cancel and
  * statement_timeout.  Waiting for a task that the waiting transaction itself
  * submitted or changed is an error: the dispatcher cannot see it before the
  * transaction commits, so the wait could only time out.
@@ -354,6 +356,7 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 			char	   *state;
 			bool		mine;
 
+			/* No lock is held while sleeping: DDL on the store is not blocked. */
 			table_close(rel, AccessShareLock);
 			timed_out = !wait_sleep(deadline);
 			rel = table_open(relid, AccessShareLock);
@@ -362,7 +365,6 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 				break;
 			pfree(state);
 		}
-		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
 		if (all_final)
 			break;
