@@ -91,6 +91,7 @@ static long next_timeout(TimestampTz now);
 static bool dispatcher_idle(void);
 static void dispatcher_shutdown(void);
 static List *running_tasks(bool ahead);
+static bool conn_runs_task(Conn *conn);
 static void release_ahead(TimestampTz now, bool cancelled);
 static TimestampTz cancel_due_at(Task *task);
 static bool cancels_due(TimestampTz now);
@@ -408,31 +409,34 @@ bookkeeping_needed(TimestampTz now)
 static bool
 gathering(TimestampTz now)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 
 	if (dlist_is_empty(&finished) ||
 		now >= TimestampTzPlusMilliseconds(first_finished_at, GATHER_MS))
 		return false;
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_iter	iter;
-
-		dlist_foreach(iter, &pool->conns)
+		if (conn_runs_task(conn) &&
+			now < TimestampTzPlusMilliseconds(conn->task->started_at, GATHER_MS))
 		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			if ((conn->state == CONN_RESETTING || conn->state == CONN_RUNNING) &&
-				conn->task != NULL &&
-				now < TimestampTzPlusMilliseconds(conn->task->started_at, GATHER_MS))
-			{
-				hash_seq_term(&status);
-				return true;
-			}
+			ConnWalkEnd(&walk);
+			return true;
 		}
 	}
 	return false;
+}
+
+/*
+ * conn_runs_task returns whether conn's task has been sent to the remote (or
+ * its session reset is under way) and has not ended.
+ */
+static bool
+conn_runs_task(Conn *conn)
+{
+	return conn->task != NULL &&
+		(conn->state == CONN_RESETTING || conn->state == CONN_RUNNING);
 }
 
 /*
@@ -442,29 +446,21 @@ gathering(TimestampTz now)
 static List *
 running_tasks(bool ahead)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 	List	   *running = NIL;
 
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
 		dlist_iter	iter;
 
-		dlist_foreach(iter, &pool->conns)
-		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-			dlist_iter	ahead_iter;
-
-			if (conn->task != NULL &&
-				(conn->state == CONN_RESETTING || conn->state == CONN_RUNNING))
-				running = lappend(running, conn->task);
-			if (!ahead)
-				continue;
-			dlist_foreach(ahead_iter, &conn->ahead)
-				running = lappend(running,
-								  dlist_container(Task, node, ahead_iter.cur));
-		}
+		if (conn_runs_task(conn))
+			running = lappend(running, conn->task);
+		if (!ahead)
+			continue;
+		dlist_foreach(iter, &conn->ahead)
+			running = lappend(running, dlist_container(Task, node, iter.cur));
 	}
 	return running;
 }
@@ -478,23 +474,17 @@ running_tasks(bool ahead)
 static void
 release_ahead(TimestampTz now, bool cancelled)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_iter	iter;
+		TimestampTz stalled_at = ConnStalledAt(conn);
+		bool		stalled = stalled_at != 0 && now >= stalled_at;
 
-		dlist_foreach(iter, &pool->conns)
-		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-			TimestampTz stalled_at = ConnStalledAt(conn);
-			bool		stalled = stalled_at != 0 && now >= stalled_at;
-
-			if (conn->nahead > 0 && (stalled || cancelled))
-				ConnReleaseAhead(conn, stalled);
-		}
+		if (conn->nahead > 0 && (stalled || cancelled))
+			ConnReleaseAhead(conn, stalled);
 	}
 }
 
@@ -713,36 +703,29 @@ purge_expired(TimestampTz now)
 static void
 expire_connects(TimestampTz now)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_mutable_iter iter;
-
-		dlist_foreach_modify(iter, &pool->conns)
+		if (conn->deadline == 0 || now < conn->deadline)
+			continue;
+		if (conn->cancel_pid != 0)
 		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			if (conn->deadline == 0 || now < conn->deadline)
-				continue;
-			if (conn->cancel_pid != 0)
-			{
-				/* A canceller that got nowhere: the request is sent again later. */
-				ereport(LOG,
-						(errmsg("task_fdw gave up a cancel request for remote backend %d: timeout expired",
-								conn->cancel_pid)));
-				PoolCloseConn(conn);
-				continue;
-			}
-			if (conn->state != CONN_CONNECTING)
-				continue;
-			PoolUnreachable(pool,
-							psprintf("could not connect to the server: timeout expired after %d seconds",
-									 pool->connect_timeout));
+			/* A canceller that got nowhere: the request is sent again later. */
+			ereport(LOG,
+					(errmsg("task_fdw gave up a cancel request for remote backend %d: timeout expired",
+							conn->cancel_pid)));
 			PoolCloseConn(conn);
+			continue;
 		}
+		if (conn->state != CONN_CONNECTING)
+			continue;
+		PoolUnreachable(conn->pool,
+						psprintf("could not connect to the server: timeout expired after %d seconds",
+								 conn->pool->connect_timeout));
+		PoolCloseConn(conn);
 	}
 }
 
@@ -755,6 +738,8 @@ update_wait_set(void)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 	int			nconns = 0;
 
 	hash_seq_init(&status, PoolTable());
@@ -770,26 +755,19 @@ update_wait_set(void)
 		AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	}
 
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_iter	iter;
-
-		dlist_foreach(iter, &pool->conns)
+		if (conns_changed)
 		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			if (conns_changed)
-			{
-				conn->wait_pos = AddWaitEventToSet(wait_set, conn->wait_events,
-												   conn->sock, NULL, conn);
-				conn->registered_events = conn->wait_events;
-			}
-			else if (conn->registered_events != conn->wait_events)
-			{
-				ModifyWaitEvent(wait_set, conn->wait_pos, conn->wait_events, NULL);
-				conn->registered_events = conn->wait_events;
-			}
+			conn->wait_pos = AddWaitEventToSet(wait_set, conn->wait_events,
+											   conn->sock, NULL, conn);
+			conn->registered_events = conn->wait_events;
+		}
+		else if (conn->registered_events != conn->wait_events)
+		{
+			ModifyWaitEvent(wait_set, conn->wait_pos, conn->wait_events, NULL);
+			conn->registered_events = conn->wait_events;
 		}
 	}
 	conns_changed = false;
@@ -805,6 +783,8 @@ next_timeout(TimestampTz now)
 {
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 	TimestampTz wake = next_recheck;
 
 	/* Bookkeeping itself may have failed tasks, or asked for another look. */
@@ -829,20 +809,15 @@ next_timeout(TimestampTz now)
 		WAKE_BY(next_purge);
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)
-	{
-		dlist_iter	iter;
-
 		WAKE_BY(PoolNextAttention(pool));
-		dlist_foreach(iter, &pool->conns)
-		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			WAKE_BY(conn->deadline);
-			if (conn->nahead > 0)
-				WAKE_BY(ConnStalledAt(conn));
-			if (conn->task != NULL)
-				WAKE_BY(cancel_due_at(conn->task));
-		}
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
+	{
+		WAKE_BY(conn->deadline);
+		if (conn->nahead > 0)
+			WAKE_BY(ConnStalledAt(conn));
+		if (conn->task != NULL)
+			WAKE_BY(cancel_due_at(conn->task));
 	}
 #undef WAKE_BY
 	if (wake <= now)
@@ -905,36 +880,29 @@ begin_transaction(TimestampTz now)
 static void
 cancel_running(void)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 	char		errbuf[256];
 
-	hash_seq_init(&status, PoolTable());
-	while ((pool = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_iter	iter;
+		PGcancel   *cancel;
 
-		dlist_foreach(iter, &pool->conns)
+		if (!conn_runs_task(conn))
+			continue;
+		cancel = PQgetCancel(conn->conn);
+		if (cancel)
 		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-			PGcancel   *cancel;
-
-			if ((conn->state != CONN_RESETTING && conn->state != CONN_RUNNING) ||
-				conn->task == NULL)
-				continue;
-			cancel = PQgetCancel(conn->conn);
-			if (cancel)
-			{
-				(void) PQcancel(cancel, errbuf, sizeof(errbuf));
-				PQfreeCancel(cancel);
-			}
-			TaskFail(conn->task, "57P01",
-					 "task was interrupted: the dispatcher was shut down while it ran, "
-					 "and the remote server may or may not have completed it");
-			DispatcherTaskFinished(conn->task);
-			conn->task = NULL;
-			ConnReleaseAhead(conn, true);
+			(void) PQcancel(cancel, errbuf, sizeof(errbuf));
+			PQfreeCancel(cancel);
 		}
+		TaskFail(conn->task, "57P01",
+				 "task was interrupted: the dispatcher was shut down while it ran, "
+				 "and the remote server may or may not have completed it");
+		DispatcherTaskFinished(conn->task);
+		conn->task = NULL;
+		ConnReleaseAhead(conn, true);
 	}
 }
 

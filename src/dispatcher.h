@@ -176,6 +176,14 @@ extern void DispatcherConnChanged(void);
 extern Task *DispatcherNewTask(Pool *pool, int64 id, const char *sql);
 
 /* in pool.c */
+/* A walk over every connection of every pool (ConnWalkBegin). */
+typedef struct ConnWalk
+{
+	HASH_SEQ_STATUS pools;
+	struct Pool *pool;			/* pool being walked, or NULL */
+	dlist_node *next;			/* its connection to return next */
+} ConnWalk;
+
 extern void PoolInit(void);
 extern Pool *PoolLookup(Oid serverid, Oid userid, bool create);
 extern HTAB *PoolTable(void);
@@ -198,6 +206,9 @@ extern void PoolUnreachable(Pool *pool, const char *message);
 extern void PoolReachable(Pool *pool);
 extern void PoolRefused(Pool *pool, const char *message);
 extern TimestampTz PoolNextAttention(Pool *pool);
+extern void ConnWalkBegin(ConnWalk *walk);
+extern Conn *ConnWalkNext(ConnWalk *walk);
+extern void ConnWalkEnd(ConnWalk *walk);
 
 /* in task_exec.c */
 extern void ConnAdvance(Conn *conn, uint32 events);

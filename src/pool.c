@@ -618,26 +618,17 @@ PoolNextAttention(Pool *pool)
 static void
 pool_close_idle_elsewhere(Pool *pool)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *other;
+	ConnWalk	walk;
+	Conn	   *conn;
 
-	hash_seq_init(&status, pools);
-	while ((other = hash_seq_search(&status)) != NULL)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		dlist_iter	iter;
-
-		if (other == pool)
-			continue;
-		dlist_foreach(iter, &other->conns)
+		if (conn->pool != pool && conn->state == CONN_IDLE && conn->cancel_pid == 0)
 		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			if (conn->state == CONN_IDLE && conn->cancel_pid == 0)
-			{
-				hash_seq_term(&status);
-				PoolCloseConn(conn);
-				return;
-			}
+			ConnWalkEnd(&walk);
+			PoolCloseConn(conn);
+			return;
 		}
 	}
 }
@@ -822,17 +813,57 @@ PoolRetireIdle(void)
 void
 PoolCloseAll(void)
 {
-	HASH_SEQ_STATUS status;
-	Pool	   *pool;
+	ConnWalk	walk;
+	Conn	   *conn;
 
 	if (pools == NULL)
 		return;
-	hash_seq_init(&status, pools);
-	while ((pool = hash_seq_search(&status)) != NULL)
-	{
-		dlist_mutable_iter iter;
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
+		PoolCloseConn(conn);
+}
 
-		dlist_foreach_modify(iter, &pool->conns)
-			PoolCloseConn(dlist_container(Conn, node, iter.cur));
+/*
+ * ConnWalkBegin starts a walk over every connection of every pool, in no
+ * particular order: ConnWalkNext returns them one by one.
+ */
+void
+ConnWalkBegin(ConnWalk *walk)
+{
+	hash_seq_init(&walk->pools, pools);
+	walk->pool = NULL;
+	walk->next = NULL;
+}
+
+/*
+ * ConnWalkNext returns the next connection of walk, or NULL once all have
+ * been returned.  The caller may close the connection it was returned
+ * (only that one) before asking for the next.
+ */
+Conn *
+ConnWalkNext(ConnWalk *walk)
+{
+	Conn	   *conn;
+
+	while (walk->pool == NULL || walk->next == &walk->pool->conns.head)
+	{
+		walk->pool = hash_seq_search(&walk->pools);
+		if (walk->pool == NULL)
+			return NULL;
+		walk->next = walk->pool->conns.head.next;
 	}
+	conn = dlist_container(Conn, node, walk->next);
+	walk->next = walk->next->next;
+	return conn;
+}
+
+/*
+ * ConnWalkEnd ends walk before ConnWalkNext has returned NULL.
+ */
+void
+ConnWalkEnd(ConnWalk *walk)
+{
+	if (walk->pool != NULL)
+		hash_seq_term(&walk->pools);
+	walk->pool = NULL;
 }
