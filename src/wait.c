@@ -48,8 +48,8 @@ static void wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadlin
 static bool wait_sleep(TimestampTz deadline);
 static void check_not_mine(int64 id, bool mine, const char *state);
 static void read_task_state(Relation rel, Oid pkey, int64 id, char **state);
-static bool read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states,
-					   int64 *pending);
+static int64 read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states);
+static bool task_ended(Oid relid, Oid pkey, int64 id);
 
 /*
  * TaskFdwWakeWaiters wakes every session waiting for tasks to finish.
@@ -98,7 +98,8 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 	Oid			relid = TaskStoreRelid();
 	Oid			pkey = TaskStoreIndex("task_pkey");
 	int			first = 0;		/* the tasks before it are final */
-	bool		first_pass = true;
+	bool		read_all = true;	/* the first pass, or the last one */
+	bool		timed_out = false;
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
@@ -110,26 +111,18 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 		{
 			if (states[i] == NULL || !TaskStateIsFinal(states[i]))
 				read_task_state(rel, pkey, ids[i], &states[i]);
-			if (!TaskStateIsFinal(states[i]) && !first_pass)
+			if (!TaskStateIsFinal(states[i]) && !read_all)
 				break;
 		}
 		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
-		first_pass = false;
 		while (first < n && TaskStateIsFinal(states[first]))
 			first++;
-		if (first == n)
+		if (first == n || timed_out)
 			break;
-		if (!wait_sleep(deadline))
-		{
-			/* Report the tasks not read since as they are now. */
-			rel = table_open(relid, AccessShareLock);
-			for (i = first; i < n; i++)
-				if (!TaskStateIsFinal(states[i]))
-					read_task_state(rel, pkey, ids[i], &states[i]);
-			table_close(rel, AccessShareLock);
-			break;
-		}
+		/* After a timeout, one more pass reports every task as it is now. */
+		timed_out = !wait_sleep(deadline);
+		read_all = timed_out;
 	}
 	ConditionVariableCancelSleep();
 }
@@ -267,18 +260,18 @@ task_fdw_wait_many(PG_FUNCTION_ARGS)
 
 /*
  * read_batch reads the id and state of each of the current user's tasks
- * labelled batch, as last committed, and returns whether all are finished.
+ * labelled batch, as last committed, and returns the id of the newest one
+ * that is not finished, or 0 if all are.
  */
-static bool
-read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states,
-		   int64 *pending)
+static int64
+read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
 {
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	TupleDesc	desc = RelationGetDescr(rel);
 	ScanKeyData keys[2];
 	SysScanDesc scan;
 	HeapTuple	tup;
-	bool		all_final = true;
+	int64		pending = 0;
 
 	*ids = NIL;
 	*states = NIL;
@@ -298,16 +291,30 @@ read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states,
 					   TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)),
 					   state);
 		if (!TaskStateIsFinal(state))
-		{
-			all_final = false;
-			*pending = Max(*pending, *id);
-		}
+			pending = Max(pending, *id);
 		*ids = lappend(*ids, id);
 		*states = lappend(*states, state);
 	}
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
-	return all_final;
+	return pending;
+}
+
+/*
+ * task_ended returns whether task id is finished, or gone.
+ */
+static bool
+task_ended(Oid relid, Oid pkey, int64 id)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	bool		mine;
+	char	   *state = TaskStoreReadState(rel, pkey, id, &mine);
+	bool		ended = state == NULL || TaskStateIsFinal(state);
+
+	table_close(rel, AccessShareLock);
+	if (state != NULL)
+		pfree(state);
+	return ended;
 }
 
 /*
@@ -322,6 +329,7 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 	Oid			index;
 	Oid			pkey;
 	TimestampTz deadline;
+	bool		timed_out = false;
 	List	   *ids;
 	List	   *states;
 	ListCell   *lc1;
@@ -341,43 +349,23 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 	for (;;)
 	{
 		Relation	rel = table_open(relid, AccessShareLock);
-		int64		pending = 0;
-		bool		all_final = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states,
-										   &pending);
-		bool		timed_out = false;
+		int64		pending = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states);
 
-		/*
-		 * Until the newest task found unfinished ends (the dispatcher runs a
-		 * pool's tasks oldest first), only it is read at each wake-up, not
-		 * the whole batch again.
-		 */
-		while (!all_final && !timed_out)
-		{
-			char	   *state;
-			bool		mine;
-
-			/* No lock is held while sleeping: DDL on the store is not blocked. */
-			table_close(rel, AccessShareLock);
-			timed_out = !wait_sleep(deadline);
-			rel = table_open(relid, AccessShareLock);
-			state = TaskStoreReadState(rel, pkey, pending, &mine);
-			if (state == NULL || TaskStateIsFinal(state))
-				break;
-			pfree(state);
-		}
+		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
-		if (all_final)
+		if (pending == 0 || timed_out)
 			break;
 		list_free_deep(ids);
 		list_free_deep(states);
-		if (timed_out)
-		{
-			/* Report the batch as it is now. */
-			rel = table_open(relid, AccessShareLock);
-			(void) read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states, &pending);
-			table_close(rel, AccessShareLock);
-			break;
-		}
+
+		/*
+		 * Until the newest unfinished task ends (the dispatcher runs a pool's
+		 * tasks oldest first), a wake-up reads only it, not the whole batch;
+		 * after a timeout, the batch is read once more as it is now.
+		 */
+		do
+			timed_out = !wait_sleep(deadline);
+		while (!timed_out && !task_ended(relid, pkey, pending));
 	}
 	ConditionVariableCancelSleep();
 
