@@ -508,19 +508,21 @@ cancel_due_at(Task *task)
 static bool
 cancels_due(TimestampTz now)
 {
-	List	   *running = running_tasks(false);
-	ListCell   *lc;
-	bool		due = false;
+	ConnWalk	walk;
+	Conn	   *conn;
 
-	foreach(lc, running)
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		TimestampTz at = cancel_due_at(lfirst(lc));
+		TimestampTz at = conn_runs_task(conn) ? cancel_due_at(conn->task) : 0;
 
 		if (at != 0 && now >= at)
-			due = true;
+		{
+			ConnWalkEnd(&walk);
+			return true;
+		}
 	}
-	list_free(running);
-	return due;
+	return false;
 }
 
 /*
