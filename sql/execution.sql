@@ -99,6 +99,45 @@ SELECT (SELECT remote_pid FROM single_tasks WHERE id = :open_id) <>
        (SELECT remote_pid FROM single_tasks WHERE id = :after_id) AS new_connection,
        (SELECT result FROM single_tasks WHERE id = :after_id) AS result;
 
+-- with reset_session 'false' the session is kept as the task before left it
+-- (same settings, temporary tables and prepared statements), and is named
+-- task_fdw rather than after each task
+CREATE SERVER kept FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1', reset_session 'false');
+CREATE USER MAPPING FOR CURRENT_USER SERVER kept;
+CREATE FOREIGN TABLE kept_tasks (id bigint, sql text, state text, remote_pid int, result jsonb,
+                                 sqlstate text, error text)
+    SERVER kept;
+INSERT INTO kept_tasks(sql) VALUES
+    ('SET work_mem = ''77MB''; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1'),
+    ($$SELECT current_setting('work_mem') AS work_mem,
+              (SELECT count(*) FROM pg_class WHERE relname = 'scratch') AS temp_tables,
+              (SELECT count(*) FROM pg_prepared_statements) AS prepared,
+              current_setting('application_name') AS app$$);
+SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM kept_tasks), '60s') GROUP BY state;
+SELECT count(DISTINCT remote_pid) AS connections FROM kept_tasks;
+SELECT result FROM kept_tasks WHERE result IS NOT NULL;
+-- a task that leaves a transaction open still closes the kept session
+INSERT INTO kept_tasks(sql) VALUES ('BEGIN; SELECT 1') RETURNING id AS open_id \gset
+SELECT task_fdw.wait(:open_id, '60s');
+SELECT sqlstate FROM kept_tasks WHERE id = :open_id;
+INSERT INTO kept_tasks(sql) VALUES ($$SELECT current_setting('work_mem') AS work_mem,
+    now() = statement_timestamp() AS own_xact$$) RETURNING id AS after_id \gset
+SELECT task_fdw.wait(:after_id, '60s');
+SELECT (SELECT remote_pid FROM kept_tasks WHERE id = :open_id) <>
+       (SELECT remote_pid FROM kept_tasks WHERE id = :after_id) AS new_connection,
+       (SELECT result FROM kept_tasks WHERE id = :after_id) AS result;
+-- turning resets back on replaces the kept session at once, and names tasks
+INSERT INTO kept_tasks(sql) VALUES ('SET work_mem = ''99MB''') RETURNING id AS set_id \gset
+SELECT task_fdw.wait(:set_id, '60s');
+ALTER SERVER kept OPTIONS (SET reset_session 'true');
+INSERT INTO kept_tasks(sql) VALUES ($$SELECT current_setting('work_mem') AS work_mem,
+    current_setting('application_name') AS app$$) RETURNING id AS reset_id \gset
+SELECT task_fdw.wait(:reset_id, '60s');
+SELECT (SELECT remote_pid FROM kept_tasks WHERE id = :set_id) <>
+       (SELECT remote_pid FROM kept_tasks WHERE id = :reset_id) AS new_connection,
+       result->0->>'work_mem' AS work_mem, result->0->>'app' = 'task_fdw task ' || id AS names_task
+  FROM kept_tasks WHERE id = :reset_id;
+
 -- each foreign table shows only its own server's tasks
 SELECT (SELECT count(*) FROM single_tasks) AS single, (SELECT count(*) FROM tasks WHERE sql LIKE 'SET work_mem%') AS loopback;
 

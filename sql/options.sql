@@ -8,12 +8,14 @@ CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '-3');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size 'four');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (port '70000');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (connect_timeout '-1');
+CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (reset_session 'sometimes');
 -- unknown options list the valid ones
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (no_such_option 'x');
 -- options in the wrong place
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (user 'alice');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (password 'secret');
 CREATE USER MAPPING FOR PUBLIC SERVER loopback OPTIONS (pool_size '3');
+CREATE USER MAPPING FOR PUBLIC SERVER loopback OPTIONS (reset_session 'false');
 CREATE USER MAPPING FOR PUBLIC SERVER loopback OPTIONS (host 'localhost');
 -- options task_fdw sets itself, and unsafe ones
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (application_name 'x');
@@ -28,7 +30,7 @@ SELECT srvname FROM pg_foreign_server ORDER BY 1;
 -- valid options of a remote server and its user mapping
 CREATE SERVER remote FOREIGN DATA WRAPPER task_fdw
     OPTIONS (host 'db.example.com', port '5433', dbname 'app', connect_timeout '5',
-             sslmode 'prefer', pool_size '8');
+             sslmode 'prefer', pool_size '8', reset_session 'off');
 CREATE USER MAPPING FOR CURRENT_USER SERVER remote OPTIONS (user 'app', password 'secret');
 ALTER SERVER remote OPTIONS (SET pool_size '16');
 SELECT srvname, srvoptions FROM pg_foreign_server WHERE srvname = 'remote';

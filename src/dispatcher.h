@@ -107,7 +107,7 @@ typedef struct Conn
 	bool		used;			/* ran a task since its last session reset */
 	bool		sql_pipelined;	/* its task's SQL follows the session reset */
 	bool		reset_failed;	/* and the reset failed: not to be reused */
-	int64		appname_task;	/* task named by its application_name */
+	int64		appname_task;	/* task named by its application_name, or 0 */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
 	dlist_head	ahead;			/* started tasks to send after task */
@@ -130,6 +130,8 @@ typedef struct Pool
 	int			pool_size;
 	int			connect_timeout;	/* seconds, 0 = none */
 	int64		connect_retry_timeout;	/* microseconds */
+	bool		reset_session;	/* reset sessions between tasks, and name
+								 * them after their task */
 	TimestampTz down_since;		/* unreachable since then, or 0 */
 	TimestampTz next_connect_at;	/* while unreachable: next attempt */
 	int			connect_failures;	/* in a row */

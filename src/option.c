@@ -52,6 +52,7 @@ typedef struct TaskFdwOption
 static const TaskFdwOption own_options[] = {
 	{"pool_size", ForeignServerRelationId, false},
 	{"connect_retry_timeout", ForeignServerRelationId, false},
+	{"reset_session", ForeignServerRelationId, false},
 	/* Defaults of task attributes: a foreign table's beat its server's. */
 	{"priority", ForeignServerRelationId, false},
 	{"priority", ForeignTableRelationId, false},
@@ -417,6 +418,8 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 
 			(void) parse_interval_option(def, true, &unused);
 		}
+		else if (strcmp(def->defname, "reset_session") == 0)
+			(void) defGetBoolean(def);
 		else
 		{
 			TaskDefaults scratch;
@@ -440,6 +443,7 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 	opts->pool_size = 4;
 	opts->connect_timeout = 0;
 	opts->connect_retry_timeout = 5 * 60 * USECS_PER_SEC;
+	opts->reset_session = true;
 	foreach(lc, server->options)
 	{
 		DefElem    *def = (DefElem *) lfirst(lc);
@@ -454,6 +458,8 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 
 			opts->connect_retry_timeout = parse_interval_option(def, true, &unused);
 		}
+		else if (strcmp(def->defname, "reset_session") == 0)
+			opts->reset_session = defGetBoolean(def);
 	}
 }
 

@@ -114,6 +114,7 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->pool_size = 1;
 		pool->connect_timeout = 0;
 		pool->connect_retry_timeout = 0;
+		pool->reset_session = true;
 		pool->down_since = 0;
 		pool->next_connect_at = 0;
 		pool->connect_failures = 0;
@@ -434,6 +435,7 @@ PoolConnect(Pool *pool)
 	pool->pool_size = opts.pool_size;
 	pool->connect_timeout = opts.connect_timeout;
 	pool->connect_retry_timeout = opts.connect_retry_timeout;
+	pool->reset_session = opts.reset_session;
 
 	if (pool->down_since != 0)
 		pool_expire_held(pool, GetCurrentTimestamp());
@@ -655,8 +657,8 @@ PoolStartCancel(Pool *pool, int remote_pid)
 
 /*
  * pool_open_conn starts a connection of pool to server without waiting for
- * it, named after task appname_task, or a canceller of remote backend
- * cancel_pid.  Returns NULL when out of file descriptors; a connection that
+ * it, named after task appname_task (just "task_fdw" if the pool does not
+ * reset sessions), or a canceller of remote backend cancel_pid.  Returns NULL when out of file descriptors; a connection that
  * libpq could not even start is returned with status CONNECTION_BAD, for
  * the caller to report.
  */
@@ -694,8 +696,15 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	}
 	conn_counted = cancel_pid == 0 && TaskFdwMaxConnections > 0;
 
-	appname = cancel_pid != 0 ? pstrdup("task_fdw canceller") :
-		psprintf("task_fdw task " INT64_FORMAT, appname_task);
+	/* Without session resets, a session is not renamed for each task. */
+	if (!pool->reset_session)
+		appname_task = 0;
+	if (cancel_pid != 0)
+		appname = pstrdup("task_fdw canceller");
+	else if (appname_task == 0)
+		appname = pstrdup("task_fdw");
+	else
+		appname = psprintf("task_fdw task " INT64_FORMAT, appname_task);
 	(void) TaskFdwBuildConnParams(server, user, appname, &keywords, &values);
 	pgconn = PQconnectStartParams(keywords, values, false);
 	if (pgconn == NULL)

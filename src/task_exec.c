@@ -37,7 +37,8 @@
  * same pipeline, after a sync of its own, so that it runs on its own as
  * well and the whole takes one round trip.  A task of several statements
  * must go as a simple query, which a pipeline cannot hold: it is sent once
- * the reset is through.
+ * the reset is through.  A server with reset_session 'false' skips all of
+ * this: each task goes as a simple query on the session as it is.
  */
 #define SESSION_RESET_SQL "DISCARD ALL"
 
@@ -306,11 +307,14 @@ ConnResetEarly(Conn *conn)
 /*
  * conn_needs_reset returns whether conn's session must be reset before its
  * task runs: a task ran since the last reset, or its application_name names
- * another task.
+ * another task.  A pool with reset_session off never resets: each task
+ * finds the session as the one before left it.
  */
 static bool
 conn_needs_reset(Conn *conn)
 {
+	if (!conn->pool->reset_session)
+		return false;
 	return conn->used || conn->appname_task != conn->task->id;
 }
 

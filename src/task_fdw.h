@@ -263,6 +263,7 @@ typedef struct TaskServerOptions
 	int			connect_timeout;	/* seconds, 0 = none */
 	int64		connect_retry_timeout;	/* microseconds tasks wait for an
 										 * unreachable server */
+	bool		reset_session;	/* reset a pooled session before each task */
 } TaskServerOptions;
 extern void TaskFdwGetServerOptions(ForeignServer *server,
 									TaskServerOptions *opts);
