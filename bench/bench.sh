@@ -7,7 +7,8 @@
 # writes it to bench/results.txt) and its progress on standard error.
 #
 # Workloads (see the README's Performance section):
-#   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8
+#   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8, and at P = 4 and 8
+#      with the server option reset_session 'false'
 #   W2 latency: 200 single tasks one after another
 #   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
 #   W4 status lookup with 1,000,000 finished tasks in history
@@ -32,6 +33,13 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER p1;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p2;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p4;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p8;
+-- the same pools without the session reset before each task
+CREATE SERVER k4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4', reset_session 'false');
+CREATE SERVER k8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8', reset_session 'false');
+CREATE USER MAPPING FOR CURRENT_USER SERVER k4;
+CREATE USER MAPPING FOR CURRENT_USER SERVER k8;
+CREATE FOREIGN TABLE kept4 (id bigint, sql text, state text, finished_at timestamptz) SERVER k4;
+CREATE FOREIGN TABLE kept8 (id bigint, sql text, state text, finished_at timestamptz) SERVER k8;
 CREATE FOREIGN TABLE tasks1 (id bigint, sql text, state text, finished_at timestamptz) SERVER p1;
 CREATE FOREIGN TABLE tasks2 (id bigint, sql text, state text, finished_at timestamptz) SERVER p2;
 CREATE FOREIGN TABLE tasks4 (id bigint, sql text, state text, submitted_at timestamptz,
@@ -141,30 +149,42 @@ CHECKPOINT;
 SQL
 
 # --- W1 throughput, and W6 footprint of the dispatcher during it.
-echo "W1 and W6: $N tasks at P = 1, 2, 4 and 8" >&2
-for p in 1 2 4 8; do
+
+# w1 TABLE P: runs W1 through foreign table TABLE (a pool of P), setting
+# tasks_s to its tasks per second and cpu_ticks_used to the dispatcher's CPU.
+w1() {
 	q -c "TRUNCATE task_fdw.task" >/dev/null
 	# wake the dispatcher and open the pool, outside the measurement
-	q -c "INSERT INTO tasks$p(sql) SELECT 'SELECT 1' FROM generate_series(1, $p)" >/dev/null
-	q -c "SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks$p))" >/dev/null
+	q -c "INSERT INTO $1(sql) SELECT 'SELECT 1' FROM generate_series(1, $2)" >/dev/null
+	q -c "SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM $1))" >/dev/null
 	pid=$(dispatcher_pid)
 	cpu0=$(cpu_ticks "$pid")
 	t=$(q <<SQL
 SELECT clock_timestamp() AS t0 \gset
-INSERT INTO tasks$p(sql) SELECT 'SELECT 1' FROM generate_series(1, $N);
-SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks$p WHERE state IN ('queued', 'running'))) \gset
-SELECT round((extract(epoch FROM max(finished_at) - :'t0'::timestamptz))::numeric, 3) FROM tasks$p;
+INSERT INTO $1(sql) SELECT 'SELECT 1' FROM generate_series(1, $N);
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM $1 WHERE state IN ('queued', 'running'))) \gset
+SELECT round((extract(epoch FROM max(finished_at) - :'t0'::timestamptz))::numeric, 3) FROM $1;
 SQL
 )
-	cpu1=$(cpu_ticks "$pid")
-	tfdw=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
+	cpu_ticks_used=$(($(cpu_ticks "$pid") - cpu0))
+	tasks_s=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
+}
+ratios() { echo "$1 $2 $3" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }'; }
+
+echo "W1 and W6: $N tasks at P = 1, 2, 4 and 8" >&2
+for p in 1 2 4 8; do
+	w1 "tasks$p" "$p"
+	tfdw=$tasks_s
+	cpu=$cpu_ticks_used
+	[ "$p" -ge 4 ] && w1 "kept$p" "$p"
 	d=$(q -c "SELECT dblink_pool($N, $p, 'SELECT 1')")
 	dbl=$(echo "$N $d" | awk '{ printf "%.0f", $1 / $2 }')
 	pgb=$("$bindir/pgbench" -n -h "$dir" -p "$port" -c "$p" -j "$p" -T 3 -f "$dir/select1.sql" postgres 2>/dev/null |
 		awk '/^tps/ { printf "%.0f", $3; exit }')
-	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(echo "$tfdw $dbl $pgb" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }')"
+	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(ratios "$tfdw" "$dbl" "$pgb")"
 	[ "$p" -lt 4 ] && continue
-	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu0 $cpu1 $N" | awk '{ printf "%.3f", ($2 - $1) / 100 / ($3 / 1000) }')" "" "" ""
+	row "W1 tasks/s, P=$p, reset_session off" "$tasks_s" "$dbl" "$pgb" "$(ratios "$tasks_s" "$dbl" "$pgb")"
+	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk '{ printf "%.3f", $1 / 100 / ($2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 done
 

@@ -1,13 +1,16 @@
 #!/bin/sh
-# Plots W1 throughput against pool size, for task_fdw, dblink and pgbench,
-# from the rows "W1 tasks/s, P=n" of a make bench result file.
+# Plots W1 throughput against pool size, for task_fdw (with and without the
+# session reset), dblink and pgbench, from the rows "W1 tasks/s, P=n" of a
+# make bench result file.
 # Usage: plot.sh results.txt out.png
 set -eu
 command -v gnuplot >/dev/null || { echo "gnuplot is missing: no plot" >&2; exit 0; }
 data=$(mktemp)
-trap 'rm -f "$data"' EXIT
+kept=$(mktemp)
+trap 'rm -f "$data" "$kept"' EXIT
 cores=$(sed -n '1s/.* \([0-9][0-9]*\) cores,.*/\1/p' "$1")
-sed -n 's/^W1 tasks\/s, P=\([0-9]*\) *\([0-9]*\) *\([0-9]*\) *\([0-9]*\).*/\1 \2 \3 \4/p' "$1" > "$data"
+sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\)  *\([0-9][0-9]*\)  *\([0-9][0-9]*\)  *\([0-9][0-9]*\).*/\1 \2 \3 \4/p' "$1" > "$data"
+sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\), reset_session off  *\([0-9][0-9]*\).*/\1 \2/p' "$1" > "$kept"
 gnuplot <<PLOT
 set terminal png size 800,500 noenhanced
 set output '$2'
@@ -17,7 +20,8 @@ set ylabel 'statements per second'
 set logscale y
 set key left top
 set xtics (1, 2, 4, 8)
-plot '$data' using 1:2 with linespoints title 'task_fdw (durable)', \
-     '$data' using 1:3 with linespoints title 'dblink, warm pool in one session', \
+plot '$data' using 1:2 with linespoints title 'task_fdw (durable)', \\
+     '$kept' using 1:2 with linespoints title 'task_fdw, reset_session off', \\
+     '$data' using 1:3 with linespoints title 'dblink, warm pool in one session', \\
      '$data' using 1:4 with linespoints title 'pgbench SELECT 1 (ceiling)'
 PLOT

@@ -75,17 +75,24 @@ static char *task_strdup(Task *task, const char *s);
  * sql_is_one_statement returns whether sql is exactly one statement, as
  * this server's parser reads it.  SQL it cannot parse (a newer server's
  * syntax, or a mistake the remote will report) counts as several, so that
- * it goes as a simple query, as any task did before.
+ * it goes as a simple query, as any task did before.  SQL without a
+ * semicolon cannot hold two statements, and goes unparsed: at most it is
+ * none (only comments), which the remote answers the same way in a
+ * pipeline as in a simple query.
  */
 static bool
 sql_is_one_statement(const char *sql)
 {
-	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
-											  "task_fdw statement count",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(cxt);
+	MemoryContext cxt;
+	MemoryContext old;
 	volatile int nstatements = 0;
 
+	if (strchr(sql, ';') == NULL)
+		return true;
+	cxt = AllocSetContextCreate(CurrentMemoryContext,
+								"task_fdw statement count",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		nstatements = list_length(raw_parser(sql, RAW_PARSE_DEFAULT));
