@@ -14,6 +14,7 @@
 #define TASK_FDW_DISPATCHER_H
 
 #include "lib/ilist.h"
+#include "storage/itemptr.h"
 #include "libpq-fe.h"
 #include "utils/hsearch.h"
 
@@ -38,6 +39,8 @@ typedef struct Task
 	int64		id;
 	char	   *sql;
 	TimestampTz submitted_at;
+	ItemPointerData row_tid;	/* its row's version the dispatcher last read
+								 * or wrote, or invalid */
 	MemoryContext cxt;
 	struct Pool *pool;
 	struct Conn *conn;			/* connection running it, or NULL */

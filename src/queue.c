@@ -75,7 +75,7 @@
  */
 #define FETCH_COLUMNS \
 	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay," \
-	"       retry_interrupted, submitted_at, priority" \
+	"       retry_interrupted, submitted_at, priority, ctid" \
 	" FROM task_fdw.task" \
 	" WHERE state OPERATOR(pg_catalog.=) 'queued'" \
 	"   AND server_id OPERATOR(pg_catalog.=) $1" \
@@ -410,6 +410,7 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 			TaskFdwIntervalUsecs(DatumGetIntervalP(value));
 		task->retry_interrupted = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		task->submitted_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		task->row_tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 11, &isnull));
 
 		dlist_push_tail(&pool->held, &task->node);
 		pool->nheld++;
@@ -496,15 +497,25 @@ writer_end(RowWriter *w)
 }
 
 /*
- * writer_find reads task id's row into w->oldslot, all its columns
- * deformed, and returns false if there is no such task.
+ * writer_find reads task's row into w->oldslot, all its columns deformed,
+ * and returns false if there is no such task.  The row version the
+ * dispatcher last read or wrote is tried first, by its TID, and is used if
+ * the snapshot still sees it (no one changed the row since) and it still
+ * holds this task; otherwise the primary key finds the row.
  */
 static bool
-writer_find(RowWriter *w, int64 id)
+writer_find(RowWriter *w, Task *task)
 {
 	ScanKeyData key;
 
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	if (ItemPointerIsValid(&task->row_tid) &&
+		table_tuple_fetch_row_version(w->rel, &task->row_tid, w->snapshot, w->oldslot))
+	{
+		slot_getallattrs(w->oldslot);
+		if (DatumGetInt64(w->oldslot->tts_values[Anum_task_id - 1]) == task->id)
+			return true;
+	}
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(task->id));
 	index_rescan(w->scan, &key, 1, NULL, 0);
 	if (!index_getnext_slot(w->scan, ForwardScanDirection, w->oldslot))
 		return false;
@@ -596,7 +607,7 @@ QueueRecordStarts(dlist_head *tasks)
 		const char *state;
 
 		task->recorded = false;
-		if (!writer_find(&w, task->id))
+		if (!writer_find(&w, task))
 			continue;
 		state = writer_text(&w, Anum_task_state);
 		if (strcmp(state, TFDW_STATE_QUEUED) != 0 ||
@@ -610,6 +621,8 @@ QueueRecordStarts(dlist_head *tasks)
 		SET_COLUMN(&w, Anum_task_attempts,
 				   Int32GetDatum(DatumGetInt32(w.oldslot->tts_values[Anum_task_attempts - 1]) + 1));
 		task->recorded = (writer_update(&w) == ROW_WRITTEN);
+		if (task->recorded)
+			task->row_tid = w.newslot->tts_tid;
 	}
 	writer_end(&w);
 }
@@ -729,7 +742,7 @@ QueueRecordFinishes(dlist_head *tasks)
 		const char *written;
 
 		task->recorded = true;
-		if (!writer_find(&w, task->id))
+		if (!writer_find(&w, task))
 			continue;			/* deleted */
 		stored = writer_text(&w, Anum_task_state);
 		if (strcmp(stored, TFDW_STATE_QUEUED) != 0 &&
@@ -738,6 +751,7 @@ QueueRecordFinishes(dlist_head *tasks)
 		switch (record_outcome(&w, task, state, &written))
 		{
 			case ROW_WRITTEN:
+				task->row_tid = w.newslot->tts_tid;
 				if (strcmp(written, TFDW_STATE_QUEUED) != 0)
 					TaskStoreNotifyFinished(task->id, written);
 				break;
