@@ -107,7 +107,7 @@ BEGIN
     RAISE EXCEPTION 'the task did not start waiting for the advisory lock within 60 s';
 END $$;
 UPDATE ctl_tasks SET state = 'cancelled' WHERE id = :running_id;
-SELECT task_fdw.wait(:running_id);
+SELECT task_fdw.wait(:running_id, '60s');
 SELECT started_at IS NOT NULL AS started, sqlstate, error FROM ctl_tasks WHERE id = :running_id;
 -- the remote statement is over once the task is cancelled
 SELECT count(*) AS still_active FROM pg_stat_activity
