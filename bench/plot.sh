@@ -20,8 +20,8 @@ set ylabel 'statements per second'
 set logscale y
 set key left top
 set xtics (1, 2, 4, 8)
-plot '$data' using 1:2 with linespoints title 'task_fdw (durable)', \\
-     '$kept' using 1:2 with linespoints title 'task_fdw, reset_session off', \\
+plot '$data' using 1:2 with linespoints title 'task_fdw (durable), session reset per task', \\
+     '$kept' using 1:2 with linespoints title 'task_fdw (durable), reset_session off', \\
      '$data' using 1:3 with linespoints title 'dblink, warm pool in one session', \\
      '$data' using 1:4 with linespoints title 'pgbench SELECT 1 (ceiling)'
 PLOT
