@@ -416,8 +416,13 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 		pool->nheld++;
 		added++;
 	}
-	/* A short answer means the pool has no more runnable tasks for now. */
-	pool->has_queued = (SPI_processed == (uint64) asked);
+	/*
+	 * A short answer, all of it taken, means the pool has no more runnable
+	 * tasks for now.  (The answer may be short yet hold more than limit new
+	 * tasks: the tasks the pool holds, counted in asked, are not in it when
+	 * the read goes on from the cursor.)
+	 */
+	pool->has_queued = (SPI_processed == (uint64) asked || i < SPI_processed);
 	SPI_freetuptable(SPI_tuptable);
 }
 

@@ -188,11 +188,14 @@ SELECT count(*) = 1 FROM pg_stat_activity
 	'a dispatcher terminated with pg_terminate_backend comes back by itself');
 
 # --- task_fdw.max_connections caps all pools together; tasks wait, they do not fail.
+# With rechecks of the queue an hour apart, the tasks must run through the
+# dispatcher's own bookkeeping: none may be left queued until a recheck.
 $node->safe_psql('postgres', q{
 ALTER SYSTEM SET task_fdw.max_connections = 2;
+ALTER SYSTEM SET task_fdw.recheck_interval = '1h';
 SELECT pg_reload_conf();
 });
-$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2'")
+$node->poll_query_until('postgres', "SELECT current_setting('task_fdw.max_connections') = '2' AND current_setting('task_fdw.recheck_interval') = '1h'")
   or die 'task_fdw.max_connections = 2 did not take effect';
 # Idle pooled connections from earlier tests count too: start from none.
 $node->safe_psql('postgres', q{
@@ -211,6 +214,7 @@ cmp_ok($node->safe_psql('postgres', "SELECT max((result->0->>'running')::int) FR
 	'<=', 2, 'and no more than 2 ran at once');
 $node->safe_psql('postgres', q{
 ALTER SYSTEM RESET task_fdw.max_connections;
+ALTER SYSTEM RESET task_fdw.recheck_interval;
 SELECT pg_reload_conf();
 });
 
