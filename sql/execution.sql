@@ -116,6 +116,18 @@ INSERT INTO kept_tasks(sql) VALUES
 SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM kept_tasks), '60s') GROUP BY state;
 SELECT count(DISTINCT remote_pid) AS connections FROM kept_tasks;
 SELECT result FROM kept_tasks WHERE result IS NOT NULL;
+-- a task that changes the client encoding leaves a session that is not
+-- reused: the next task's results would arrive in that encoding
+INSERT INTO kept_tasks(sql) VALUES ($$SELECT set_config('client_encoding',
+    CASE WHEN getdatabaseencoding() = 'LATIN1' THEN 'UTF8' ELSE 'LATIN1' END, false)$$)
+    RETURNING id AS enc_id \gset
+SELECT task_fdw.wait(:enc_id, '60s');
+INSERT INTO kept_tasks(sql) VALUES ($$SELECT current_setting('client_encoding') = getdatabaseencoding() AS database_encoding$$)
+    RETURNING id AS enc_after_id \gset
+SELECT task_fdw.wait(:enc_after_id, '60s');
+SELECT (SELECT remote_pid FROM kept_tasks WHERE id = :enc_id) <>
+       (SELECT remote_pid FROM kept_tasks WHERE id = :enc_after_id) AS new_connection,
+       (SELECT result FROM kept_tasks WHERE id = :enc_after_id) AS result;
 -- a task that leaves a transaction open still closes the kept session
 INSERT INTO kept_tasks(sql) VALUES ('BEGIN; SELECT 1') RETURNING id AS open_id \gset
 SELECT task_fdw.wait(:open_id, '60s');

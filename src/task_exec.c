@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
 #include "parser/parser.h"
 #include "storage/latch.h"
 #include "utils/json.h"
@@ -556,11 +557,15 @@ conn_task_done(Conn *conn, bool reusable)
 
 	/*
 	 * A task that left a transaction open, or a broken session, is not
-	 * reused; nor is a session that a late cancel request could still reach.
+	 * reused; nor is a session that a late cancel request could still reach,
+	 * nor one whose client encoding a task changed, as results must arrive
+	 * in the database's encoding (a session kept without a reset would send
+	 * the next task's in the other one).
 	 */
 	if (!reusable || task->cancel_reason != TASK_CANCEL_NONE || conn->reset_failed ||
 		PQstatus(conn->conn) != CONNECTION_OK ||
 		PQtransactionStatus(conn->conn) != PQTRANS_IDLE ||
+		PQclientEncoding(conn->conn) != GetDatabaseEncoding() ||
 		conn->pool->invalidated)
 	{
 		conn->state = CONN_CLOSED;
