@@ -658,9 +658,9 @@ PoolStartCancel(Pool *pool, int remote_pid)
 /*
  * pool_open_conn starts a connection of pool to server without waiting for
  * it, named after task appname_task (just "task_fdw" if the pool does not
- * reset sessions), or a canceller of remote backend cancel_pid.  Returns NULL when out of file descriptors; a connection that
- * libpq could not even start is returned with status CONNECTION_BAD, for
- * the caller to report.
+ * reset sessions), or a canceller of remote backend cancel_pid.  Returns
+ * NULL when out of file descriptors; a connection that libpq could not even
+ * start is returned with status CONNECTION_BAD, for the caller to report.
  */
 static Conn *
 pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel_pid)
