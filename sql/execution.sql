@@ -71,18 +71,29 @@ CALL submit($$SELECT current_setting('application_name') AS app$$);
 SELECT result->0->>'app' = 'task_fdw task ' || id AS names_task
   FROM tasks WHERE id = currval('task_fdw.task_id_seq');
 
+-- submits, through foreign table tasks, a task that changes its session and
+-- one that reports what it finds of those changes, and waits for both
+CREATE PROCEDURE probe_session(tasks regclass) LANGUAGE plpgsql AS $proc$
+BEGIN
+    EXECUTE format($sql$INSERT INTO %s(sql) VALUES
+        ('SET work_mem = ''77MB''; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1'),
+        ($$SELECT current_setting('work_mem') AS work_mem,
+                  (SELECT count(*) FROM pg_class WHERE relname = 'scratch') AS temp_tables,
+                  (SELECT count(*) FROM pg_prepared_statements) AS prepared,
+                  current_setting('application_name') LIKE 'task_fdw task %%' AS named_after_task$$)$sql$,
+        tasks);
+    COMMIT;
+    EXECUTE format($sql$SELECT task_fdw.wait(ARRAY(SELECT id FROM %s), '60s')$sql$, tasks);
+END $proc$;
+
 -- a pooled connection is reused, with its session reset between tasks
 CREATE SERVER single FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
 CREATE USER MAPPING FOR CURRENT_USER SERVER single;
 CREATE FOREIGN TABLE single_tasks (id bigint, sql text, state text, remote_pid int, result jsonb,
                                    sqlstate text, error text)
     SERVER single;
-INSERT INTO single_tasks(sql) VALUES
-    ('SET work_mem = ''77MB''; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1'),
-    ($$SELECT current_setting('work_mem') AS work_mem,
-              (SELECT count(*) FROM pg_class WHERE relname = 'scratch') AS temp_tables,
-              (SELECT count(*) FROM pg_prepared_statements) AS prepared$$);
-SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM single_tasks), '60s') GROUP BY state;
+CALL probe_session('single_tasks');
+SELECT state, count(*) FROM single_tasks GROUP BY state;
 SELECT count(DISTINCT remote_pid) AS connections FROM single_tasks;
 SELECT result FROM single_tasks WHERE result IS NOT NULL;
 -- a task that leaves a transaction open fails, and its connection is closed,
@@ -107,13 +118,8 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER kept;
 CREATE FOREIGN TABLE kept_tasks (id bigint, sql text, state text, remote_pid int, result jsonb,
                                  sqlstate text, error text)
     SERVER kept;
-INSERT INTO kept_tasks(sql) VALUES
-    ('SET work_mem = ''77MB''; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1'),
-    ($$SELECT current_setting('work_mem') AS work_mem,
-              (SELECT count(*) FROM pg_class WHERE relname = 'scratch') AS temp_tables,
-              (SELECT count(*) FROM pg_prepared_statements) AS prepared,
-              current_setting('application_name') AS app$$);
-SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM kept_tasks), '60s') GROUP BY state;
+CALL probe_session('kept_tasks');
+SELECT state, count(*) FROM kept_tasks GROUP BY state;
 SELECT count(DISTINCT remote_pid) AS connections FROM kept_tasks;
 SELECT result FROM kept_tasks WHERE result IS NOT NULL;
 -- a task that changes the client encoding leaves a session that is not
