@@ -80,6 +80,7 @@ typedef struct TaskScanState
 	ItemPointerData tid;		/* where that row is */
 } TaskScanState;
 
+static bool is_done_const(Node *value);
 static bool match_key(RelOptInfo *baserel, Oid relid, Expr *clause,
 					  TaskScanPlanInfo *info);
 static void start_scan(ForeignScanState *node, TaskScanState *state);
@@ -129,12 +130,27 @@ match_key(RelOptInfo *baserel, Oid relid, Expr *clause, TaskScanPlanInfo *info)
 		 op->opfuncid == F_INT82EQ || op->opfuncid == F_INT48EQ ||
 		 op->opfuncid == F_INT28EQ))
 		info->kind = TASK_SCAN_ID;
-	else if (strcmp(attname, "state") == 0 && op->opfuncid == F_TEXTEQ)
+	else if (strcmp(attname, "state") == 0 && op->opfuncid == F_TEXTEQ &&
+			 !is_done_const(value))
 		info->kind = TASK_SCAN_STATE;
 	else
 		return false;
 	info->key = (Expr *) value;
 	return true;
+}
+
+/*
+ * is_done_const returns whether value is the constant 'done': no index
+ * holds done tasks (see TaskStoreBeginStateScan), so a condition on it is
+ * no better a key than none.
+ */
+static bool
+is_done_const(Node *value)
+{
+	Const	   *c = (Const *) value;
+
+	return IsA(value, Const) && !c->constisnull && c->consttype == TEXTOID &&
+		strcmp(TextDatumGetCString(c->constvalue), TFDW_STATE_DONE) == 0;
 }
 
 /*
@@ -259,8 +275,9 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 		}
 		else
 		{
-			index = TaskStoreIndex("task_state_idx");
-			ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, value);
+			state->scan = TaskStoreBeginStateScan(state->store,
+												  node->ss.ps.state->es_snapshot, value);
+			return;
 		}
 		nkeys = 1;
 	}

@@ -305,20 +305,16 @@ state_index(Datum state)
 static void
 count_store_tasks(Relation rel, Snapshot snapshot, HTAB *rows)
 {
-	Oid			index = TaskStoreIndex("task_state_idx");
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
 	for (i = 0; i < 2; i++)
 	{
 		const char *state = i == 0 ? TFDW_STATE_QUEUED : TFDW_STATE_RUNNING;
-		ScanKeyData key;
 		SysScanDesc scan;
 		HeapTuple	tup;
 
-		ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
-					CStringGetTextDatum(state));
-		scan = systable_beginscan(rel, index, true, snapshot, 1, &key);
+		scan = TaskStoreBeginStateScan(rel, snapshot, CStringGetTextDatum(state));
 		while ((tup = systable_getnext(scan)) != NULL)
 		{
 			Oid			ids[2];

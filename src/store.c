@@ -26,6 +26,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/sequence.h"
@@ -399,6 +400,31 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 }
 
 /*
+ * TaskStoreBeginStateScan starts a scan of the tasks of the task store rel
+ * that are in state (a text datum), as of snapshot.  Queued tasks are
+ * found through task_queued_idx, and running, failed and cancelled ones
+ * through task_state_idx.  Done tasks, the bulk of the store, are in
+ * neither (an index entry for each would cost every task one more index
+ * insertion when it ends), so they are read from the table itself.
+ */
+SysScanDesc
+TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
+{
+	char	   *name = TextDatumGetCString(state);
+	ScanKeyData key;
+
+	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, state);
+	key.sk_collation = C_COLLATION_OID;
+	if (strcmp(name, TFDW_STATE_QUEUED) == 0)
+		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
+								  snapshot, 0, NULL);
+	if (strcmp(name, TFDW_STATE_DONE) == 0)
+		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
+	return systable_beginscan(rel, TaskStoreIndex("task_state_idx"), true,
+							  snapshot, 1, &key);
+}
+
+/*
  * TaskStoreCountUnfinished returns how many tasks of this database are
  * queued or running, as last committed.
  */
@@ -407,19 +433,15 @@ TaskStoreCountUnfinished(void)
 {
 	static const char *const states[] = {TFDW_STATE_QUEUED, TFDW_STATE_RUNNING};
 	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
-	Oid			index = TaskStoreIndex("task_state_idx");
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	int64		count = 0;
 	int			i;
 
 	for (i = 0; i < lengthof(states); i++)
 	{
-		ScanKeyData key;
-		SysScanDesc scan;
+		SysScanDesc scan = TaskStoreBeginStateScan(rel, snapshot,
+												   CStringGetTextDatum(states[i]));
 
-		ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
-					CStringGetTextDatum(states[i]));
-		scan = systable_beginscan(rel, index, true, snapshot, 1, &key);
 		while (systable_getnext(scan) != NULL)
 			count++;
 		systable_endscan(scan);

@@ -21,6 +21,7 @@
 #define TASK_FDW_H
 
 #include "access/attnum.h"
+#include "access/genam.h"
 #include "access/htup.h"
 #include "access/xact.h"
 #include "datatype/timestamp.h"
@@ -299,6 +300,8 @@ extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 extern Oid	TaskStoreRelid(void);
 extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
+extern SysScanDesc TaskStoreBeginStateScan(Relation rel, Snapshot snapshot,
+										   Datum state);
 extern bool IsTaskFdwServer(Oid serverid);
 extern char *TaskFdwServerName(Oid serverid);
 extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,

@@ -1,6 +1,7 @@
 # Upgrading: a database that installed version 1.0 or 1.1 is refused with a
 # clear error until ALTER EXTENSION UPDATE, after which its queued tasks run
-# and its schema is the same as that of a fresh installation.
+# and its schema is the same as that of a fresh installation.  One at 1.2,
+# whose tables are those of 1.3, works before and after the update.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -14,6 +15,7 @@ my $node = TaskFdwNode::new_node('upgrade');
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('postgres', 'CREATE DATABASE old');
 $node->safe_psql('postgres', 'CREATE DATABASE mid');
+$node->safe_psql('postgres', 'CREATE DATABASE recent');
 $node->safe_psql('fresh', 'CREATE EXTENSION task_fdw');
 $node->safe_psql('old', q{
 CREATE EXTENSION task_fdw VERSION '1.0';
@@ -30,7 +32,7 @@ like($err, qr/extension "task_fdw" must be updated before it can be used.*ALTER 
 
 $node->safe_psql('old', 'ALTER EXTENSION task_fdw UPDATE');
 is($node->safe_psql('old', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
-	'1.2', 'ALTER EXTENSION UPDATE goes from 1.0 through 1.1 to 1.2');
+	'1.3', 'ALTER EXTENSION UPDATE goes from 1.0 through 1.1 and 1.2 to 1.3');
 my $id = $node->safe_psql('old', "INSERT INTO tasks(sql) VALUES ('SELECT 42 AS answer') RETURNING id");
 is($node->safe_psql('old', "SELECT task_fdw.wait($id, '60s')"), 'done', 'after the update, tasks run');
 
@@ -50,12 +52,38 @@ like($err, qr/extension "task_fdw" must be updated before it can be used/,
 	'an installation of 1.1 is refused too');
 $node->safe_psql('mid', 'ALTER EXTENSION task_fdw UPDATE');
 is($node->safe_psql('mid', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
-	'1.2', 'ALTER EXTENSION UPDATE goes from 1.1 to 1.2');
+	'1.3', 'ALTER EXTENSION UPDATE goes from 1.1 through 1.2 to 1.3');
 is($node->safe_psql('mid', 'SELECT count(*) FROM task_fdw.task WHERE origin_server_id = server_id'),
 	'1', 'a task submitted before the update counts as submitted through the server it runs on');
 $id = $node->safe_psql('mid', 'SELECT min(id) FROM tasks');
 is($node->safe_psql('mid', "SELECT task_fdw.wait($id, '60s')"), 'done',
 	'the task queued before the update runs after it');
+
+# --- Version 1.2: its task store has the columns of 1.3 and an index on
+# state that also covers done tasks, so it works without an update, and
+# lookups by state find the same tasks before and after it.
+$node->safe_psql('recent', q{
+CREATE EXTENSION task_fdw VERSION '1.2';
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+CREATE FOREIGN TABLE tasks (id bigint, sql text, state text, run_at timestamptz) SERVER loopback;
+});
+$id = $node->safe_psql('recent', q{
+INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
+INSERT INTO tasks(sql) VALUES ('SELECT 1/0');
+INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id});
+is($node->safe_psql('recent', "SELECT task_fdw.wait($id, '60s')"), 'done', 'version 1.2 runs tasks without an update');
+$node->safe_psql('recent', "SELECT task_fdw.wait($id - 1, '60s')");
+my $by_state = q{
+SELECT string_agg(format('%s %s', s, (SELECT count(*) FROM tasks WHERE state = s)), ', ' ORDER BY s)
+  FROM unnest('{queued,running,done,failed,cancelled}'::text[]) s};
+is($node->safe_psql('recent', $by_state), 'cancelled 0, done 1, failed 1, queued 1, running 0',
+	'with the index of 1.2, lookups by state find each task');
+$node->safe_psql('recent', 'ALTER EXTENSION task_fdw UPDATE');
+is($node->safe_psql('recent', "SELECT extversion FROM pg_extension WHERE extname = 'task_fdw'"),
+	'1.3', 'ALTER EXTENSION UPDATE goes from 1.2 to 1.3');
+is($node->safe_psql('recent', $by_state), 'cancelled 0, done 1, failed 1, queued 1, running 0',
+	'with the index of 1.3, which leaves out done tasks, they find the same tasks');
 
 # The updated schema is the one a fresh installation creates: columns,
 # constraints, indexes, functions (with their settings and privileges),
@@ -98,11 +126,15 @@ SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 ) s(line);
 };
 my $fresh = $node->safe_psql('fresh', $describe);
-like($fresh, qr/column 31 origin_server_id oid +not null/, 'a fresh 1.2 has the column origin_server_id');
+like($fresh, qr/column 31 origin_server_id oid +not null/, 'a fresh 1.3 has the column origin_server_id');
+like($fresh, qr/task_state_idx .* WHERE \(state = ANY \('\{running,failed,cancelled\}'/,
+	'a fresh 1.3 indexes the state of running, failed and cancelled tasks only');
 is($node->safe_psql('old', $describe), $fresh,
-	'the schema after 1.0 -> 1.1 -> 1.2 is the same as a fresh 1.2');
+	'the schema after 1.0 -> 1.1 -> 1.2 -> 1.3 is the same as a fresh 1.3');
 is($node->safe_psql('mid', $describe), $fresh,
-	'the schema after 1.1 -> 1.2 is the same as a fresh 1.2');
+	'the schema after 1.1 -> 1.2 -> 1.3 is the same as a fresh 1.3');
+is($node->safe_psql('recent', $describe), $fresh,
+	'the schema after 1.2 -> 1.3 is the same as a fresh 1.3');
 
 $node->stop;
 done_testing();
