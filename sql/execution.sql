@@ -174,9 +174,9 @@ SELECT (SELECT count(*) FROM tasks WHERE state = 'failed') =
 -- done tasks are in no index on state: a constant 'done' is no key, and a
 -- parameter that turns out 'done' reads the whole store; both find them all
 EXPLAIN (COSTS OFF) SELECT id FROM tasks WHERE state = 'done';
-SELECT count(*) AS done FROM tasks WHERE state = 'done';
-SELECT s AS state, (SELECT count(*) FROM tasks WHERE state || '' = s) AS scanned,
-       (SELECT count(*) FROM tasks WHERE state = s) AS looked_up
+SELECT count(*) > 0 AS some_done FROM tasks WHERE state = 'done';
+SELECT s AS state, (SELECT count(*) FROM tasks WHERE state || '' = s) =
+                   (SELECT count(*) FROM tasks WHERE state = s) AS lookup_finds_all
   FROM unnest('{queued,running,done,failed,cancelled}'::text[]) s;
 PREPARE by_id(bigint) AS SELECT state FROM tasks WHERE id = $1;
 EXECUTE by_id(:failed_id);
