@@ -411,14 +411,17 @@ SysScanDesc
 TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
 {
 	char	   *name = TextDatumGetCString(state);
+	bool		queued = strcmp(name, TFDW_STATE_QUEUED) == 0;
+	bool		done = strcmp(name, TFDW_STATE_DONE) == 0;
 	ScanKeyData key;
 
+	pfree(name);
 	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, state);
 	key.sk_collation = C_COLLATION_OID;
-	if (strcmp(name, TFDW_STATE_QUEUED) == 0)
+	if (queued)
 		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
 								  snapshot, 0, NULL);
-	if (strcmp(name, TFDW_STATE_DONE) == 0)
+	if (done)
 		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
 	return systable_beginscan(rel, TaskStoreIndex("task_state_idx"), true,
 							  snapshot, 1, &key);
