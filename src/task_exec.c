@@ -43,13 +43,6 @@
  */
 #define SESSION_RESET_SQL "DISCARD ALL"
 
-/*
- * Tasks a connection claimed ahead go back to the queue once the task it
- * runs has taken AHEAD_STALL_MS, or four times as long as the pool's tasks
- * usually take if that is longer: other connections may be free for them.
- */
-#define AHEAD_STALL_MS		20
-
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
 static void conn_refuse_unauthenticated(Conn *conn);
@@ -613,7 +606,10 @@ ConnReleaseAhead(Conn *conn, bool all)
 
 /*
  * ConnStalledAt returns when the task conn runs will have run so long that
- * no task should wait behind it, claimed ahead, or 0 if it runs none.
+ * no task should wait behind it, claimed ahead, or 0 if it runs none:
+ * after task_fdw.claim_ahead_stall, or four times as long as the pool's
+ * tasks usually take if that is longer, as other connections may be free
+ * for them.
  */
 TimestampTz
 ConnStalledAt(Conn *conn)
@@ -621,7 +617,7 @@ ConnStalledAt(Conn *conn)
 	if (conn->task == NULL || conn->state == CONN_ASSIGNED)
 		return 0;
 	return conn->task->started_at +
-		Max((int64) AHEAD_STALL_MS * 1000, 4 * conn->pool->run_usecs);
+		Max((int64) TaskFdwClaimAheadStall * 1000, 4 * conn->pool->run_usecs);
 }
 
 /*

@@ -38,6 +38,7 @@ int			TaskFdwMaxResultBytes = 1024 * 1024;
 int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
 int			TaskFdwClaimAhead = 48;
+int			TaskFdwClaimAheadStall = 20;
 int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
@@ -121,6 +122,13 @@ _PG_init(void)
 							&TaskFdwClaimAhead,
 							48, 0, 1000,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.claim_ahead_stall",
+							"How long a task runs before the tasks claimed ahead of it go back to the queue.",
+							"Four times as long as the pool's tasks usually take, if that is longer: other connections may be free for them.",
+							&TaskFdwClaimAheadStall,
+							20, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");
 

@@ -255,6 +255,7 @@ extern int	TaskFdwMaxNoticeBytes;
 extern int	TaskFdwRetention;
 extern int	TaskFdwMaxConnections;
 extern int	TaskFdwClaimAhead;
+extern int	TaskFdwClaimAheadStall;
 extern void TaskFdwCheckPreloaded(void);
 
 /* in option.c */

@@ -132,9 +132,97 @@ SELECT string_agg(state || ' ' || n, ',') FROM (
 		"tasks submitted to $label run without a recheck");
 }
 
+# Tasks claimed ahead are recorded as running but not sent.  With
+# task_fdw.claim_ahead_stall at an hour they stay claimed behind blocked
+# tasks, so that what happens to them then can be checked: cancelled or
+# deleted ones are never sent, the others run once the blockers end, and a
+# restart hands them back to the queue rather than recording them as
+# interrupted.  A restart makes sure the dispatcher runs with the setting.
+$gate->quit;
+$node->append_conf('postgresql.conf', "task_fdw.claim_ahead_stall = '1h'\n");
+$node->restart;
+
+# claim_behind_blockers($blocker_sql, $from, $n): first 200 short tasks, so
+# that the pool knows its tasks to be short again (blocked ones made the
+# average long) and claims ahead; then two tasks of $blocker_sql, which must
+# block (one per connection, claimed first), and $n with a side effect,
+# committed together.  Waits until all $n are claimed ahead (running, with
+# no side effect yet) and returns the blockers' ids and the others'.
+sub claim_behind_blockers
+{
+	my ($blocker_sql, $from, $n) = @_;
+	$node->safe_psql('postgres', q{
+INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 200);
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE state IN ('queued', 'running')), '60s');
+});
+	my $ids = $node->safe_psql('postgres', qq{
+BEGIN;
+INSERT INTO tasks(sql, priority, batch)
+  SELECT '$blocker_sql', 1, 'claimed$from' FROM generate_series(1, 2);
+INSERT INTO tasks(sql, batch)
+  SELECT format('INSERT INTO effects VALUES (%s)', k), 'claimed$from' FROM generate_series($from, $from + $n - 1) k;
+COMMIT;
+SELECT string_agg(id::text, ',' ORDER BY id) FROM tasks WHERE batch = 'claimed$from';
+});
+	my @ids = split /,/, $ids;
+	$node->poll_query_until('postgres', qq{
+SELECT count(*) = $n + 2 FROM tasks WHERE batch = 'claimed$from' AND state = 'running'})
+	  or die 'the tasks were not all claimed';
+	return (join(',', @ids[0, 1]), @ids[2 .. $#ids]);
+}
+
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(9)');
+my ($blockers, @claimed) = claim_behind_blockers('SELECT pg_advisory_xact_lock(9)', 101, 10);
+is($node->safe_psql('postgres', 'SELECT count(*) FROM effects WHERE k > 100'),
+	'0', 'tasks claimed ahead are running but not sent');
+my $cancelled = join(',', @claimed[0 .. 2]);
+my $deleted = join(',', @claimed[3, 4]);
+my $kept = join(',', @claimed[5 .. 9]);
+$node->safe_psql('postgres', "UPDATE tasks SET state = 'cancelled' WHERE id IN ($cancelled)");
+$node->safe_psql('postgres', "DELETE FROM tasks WHERE id IN ($deleted)");
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || attempts || ' ' || (started_at IS NULL), ',')
+  FROM task_fdw.wait('{$cancelled}'::bigint[], '60s') JOIN tasks USING (id, state)}),
+	'cancelled 0 true,cancelled 0 true,cancelled 0 true',
+	'claimed tasks that are cancelled end at once, never started, while the blockers run');
+is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE id IN ($blockers) AND state = 'running'"),
+	'2', 'the blockers still run');
+$gate->query_safe('SELECT pg_advisory_unlock(9)');
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || attempts, ',')
+  FROM task_fdw.wait('{$kept,$blockers}'::bigint[], '60s') JOIN tasks USING (id, state)}),
+	join(',', ('done 1') x 7),
+	'the other claimed tasks run once the blockers end');
+is( $node->safe_psql('postgres', q{
+SELECT string_agg(k::text, ',' ORDER BY k) FROM effects WHERE k > 100}),
+	join(',', map { $_ + 101 } 5 .. 9),
+	'only they left their side effect, once each; the cancelled and deleted ones none');
+is($node->safe_psql('postgres', "SELECT count(*) FROM task_fdw.task WHERE id IN ($deleted)"),
+	'0', 'the deleted ones are gone');
+
+# A restart: the tasks claimed ahead were never sent, so they go back to
+# the queue and run after it; only the blockers, which were running, are
+# interrupted.
+$gate->quit;
+($blockers, @claimed) = claim_behind_blockers('SELECT pg_sleep(600)', 201, 6);
+$node->restart;
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || coalesce(sqlstate, '-'), ',' ORDER BY id)
+  FROM task_fdw.wait('{$blockers}'::bigint[], '60s') JOIN tasks USING (id, state)}),
+	'failed 57P01,failed 57P01', 'the blockers were interrupted by the restart');
+my $all_claimed = join(',', @claimed);
+is( $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || attempts, ',')
+  FROM task_fdw.wait('{$all_claimed}'::bigint[], '60s') JOIN tasks USING (id, state)}),
+	join(',', ('done 1') x 6),
+	'the tasks claimed ahead went back to the queue and ran once after it');
+is( $node->safe_psql('postgres', q{
+SELECT count(*) || ' ' || count(DISTINCT k) FROM effects WHERE k > 200}),
+	'6 6', 'each left its side effect once');
+
 # With task_fdw.claim_ahead = 0, no task is claimed ahead: none goes back.
 # A restart makes sure the dispatcher runs with the setting.
-$gate->quit;
 $node->append_conf('postgresql.conf', "task_fdw.claim_ahead = 0\n");
 $node->restart;
 is($node->safe_psql('postgres', q{
@@ -157,7 +245,7 @@ is($node->safe_psql('postgres', "SELECT task_fdw.wait($blocker, '60s')"),
 	'done', 'the blocker finishes');
 unlike(substr(slurp_file($node->logfile), $log_offset),
 	qr/tasks claimed ahead/, 'no task was claimed ahead');
-is($node->safe_psql('postgres', 'SELECT count(*) || \' \' || count(DISTINCT k) FROM effects'),
+is($node->safe_psql('postgres', 'SELECT count(*) || \' \' || count(DISTINCT k) FROM effects WHERE k <= 80'),
 	'80 80', 'each side effect happened once');
 
 $gate->quit;
