@@ -68,6 +68,7 @@ static const TaskAttribute task_attributes[] = {
 PG_FUNCTION_INFO_V1(task_fdw_check_table);
 
 static const char *attribute_list(void);
+static Datum server_name_of(TaskColumnMap *map, Oid serverid);
 
 /*
  * TaskAttributeLookup returns the attribute called name, or NULL.
@@ -113,8 +114,10 @@ TaskColumnMapBuild(Relation rel)
 	map->natts = tupdesc->natts;
 	map->attrs = palloc0(sizeof(TaskAttribute *) * tupdesc->natts);
 	map->cxt = CurrentMemoryContext;
-	map->server_oid = InvalidOid;
-	map->server_name = (Datum) 0;
+	map->nservers = 0;
+	map->max_servers = 4;
+	map->server_oids = palloc(sizeof(Oid) * map->max_servers);
+	map->server_names = palloc(sizeof(Datum) * map->max_servers);
 	for (i = 0; i < tupdesc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
@@ -159,9 +162,37 @@ TaskFdwServerName(Oid serverid)
 }
 
 /*
+ * server_name_of returns the name of server serverid as text, or 0 if it
+ * was dropped, looking it up only the first time map meets it: rows of a
+ * few servers alternate in a scan, and the names live as long as the map.
+ */
+static Datum
+server_name_of(TaskColumnMap *map, Oid serverid)
+{
+	MemoryContext old;
+	char	   *name;
+	int			i;
+
+	for (i = 0; i < map->nservers; i++)
+		if (map->server_oids[i] == serverid)
+			return map->server_names[i];
+	old = MemoryContextSwitchTo(map->cxt);
+	if (map->nservers == map->max_servers)
+	{
+		map->max_servers *= 2;
+		map->server_oids = repalloc(map->server_oids, sizeof(Oid) * map->max_servers);
+		map->server_names = repalloc(map->server_names, sizeof(Datum) * map->max_servers);
+	}
+	name = TaskFdwServerName(serverid);
+	map->server_oids[map->nservers] = serverid;
+	map->server_names[map->nservers] = name ? CStringGetTextDatum(name) : (Datum) 0;
+	MemoryContextSwitchTo(old);
+	return map->server_names[map->nservers++];
+}
+
+/*
  * TaskColumnMapProject fills values and nulls, one per column of the
  * foreign table, from a task store row (store_values and store_nulls).
- * The server's name is looked up when it differs from the last row's.
  */
 void
 TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
@@ -177,19 +208,8 @@ TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 		values[i] = nulls[i] ? (Datum) 0 : store_values[attr->task_attnum - 1];
 		if (!nulls[i] && attr->task_attnum == Anum_task_server_id)
 		{
-			Oid			serverid = DatumGetObjectId(values[i]);
-
-			if (serverid != map->server_oid)
-			{
-				MemoryContext old = MemoryContextSwitchTo(map->cxt);
-				char	   *name = TaskFdwServerName(serverid);
-
-				map->server_name = name ? CStringGetTextDatum(name) : (Datum) 0;
-				map->server_oid = serverid;
-				MemoryContextSwitchTo(old);
-			}
-			values[i] = map->server_name;
-			nulls[i] = map->server_name == (Datum) 0;
+			values[i] = server_name_of(map, DatumGetObjectId(values[i]));
+			nulls[i] = values[i] == (Datum) 0;
 		}
 	}
 }

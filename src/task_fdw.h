@@ -102,15 +102,17 @@ typedef struct TaskAttribute
  * Per-foreign-table mapping from its columns to task attributes, built once
  * per scan or modify.  attrs[i] describes column i + 1, or is NULL for a
  * dropped column.  The attribute "server" shows the name of the task
- * store's server_id; the last name looked up is kept.
+ * store's server_id; each server's name is looked up once per map.
  */
 typedef struct TaskColumnMap
 {
 	int			natts;
 	const TaskAttribute **attrs;
-	MemoryContext cxt;			/* where the map and server_name live */
-	Oid			server_oid;		/* server whose name is server_name, or 0 */
-	Datum		server_name;	/* text, or 0 if that server was dropped */
+	MemoryContext cxt;			/* where the map and the names live */
+	int			nservers;		/* servers whose names are known */
+	Oid		   *server_oids;	/* room for max_servers of them */
+	Datum	   *server_names;	/* text, or 0 if that server was dropped */
+	int			max_servers;
 } TaskColumnMap;
 
 /* Pools a dispatcher publishes the status of (see stats.c). */
