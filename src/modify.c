@@ -87,6 +87,7 @@ typedef struct TaskModifyState
 	char	   *submitted_by;
 	ForeignTable *table;
 	MemoryContext cxt;			/* the statement's: targets live there */
+	MemoryContext rowcxt;		/* one row's values: reset for every row */
 	TaskTarget *own;			/* the table's server, once used */
 	List	   *targets;		/* of TaskTarget: servers named so far */
 	TaskTarget *last;			/* the one the last row named */
@@ -286,6 +287,8 @@ begin_insert(ResultRelInfo *rinfo, EState *estate)
 	state->userid = tfdw_result_rel_user(rinfo, estate);
 	state->submitted_by = GetUserNameFromId(state->userid, false);
 	state->cxt = CurrentMemoryContext;
+	state->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "task_fdw insert row",
+										  ALLOCSET_DEFAULT_SIZES);
 	TaskFdwRequestDispatcher(TFDW_XACT_SUBMITTED);
 	state->insert = TaskStoreBeginInsert(estate);
 	return state;
@@ -448,6 +451,10 @@ taskBeginForeignInsert(ModifyTableState *mtstate, ResultRelInfo *rinfo)
 /*
  * taskExecForeignInsert
  *		Submit one task; fill the slot for RETURNING.
+ *
+ * The executor calls this in the query's memory context, once per row of an
+ * INSERT ... SELECT: what a row needs lives in state->rowcxt, which the next
+ * row resets (the slot returned points into it until then).
  */
 TupleTableSlot *
 taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
@@ -462,7 +469,10 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	bool		store_nulls[Natts_task];
 	char	   *sqltext;
 	int			i;
+	MemoryContext old;
 
+	MemoryContextReset(state->rowcxt);
+	old = MemoryContextSwitchTo(state->rowcxt);
 	slot_getallattrs(slot);
 	target = task_target(state,
 						 state->server_attno == 0 ||
@@ -541,6 +551,7 @@ taskExecForeignInsert(EState *estate, ResultRelInfo *rinfo,
 	ExecClearTuple(slot);
 	TaskColumnMapProject(state->map, store_values, store_nulls,
 						 slot->tts_values, slot->tts_isnull);
+	MemoryContextSwitchTo(old);
 	return ExecStoreVirtualTuple(slot);
 }
 
