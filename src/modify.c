@@ -289,7 +289,6 @@ begin_insert(ResultRelInfo *rinfo, EState *estate)
 	state->cxt = CurrentMemoryContext;
 	state->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "task_fdw insert row",
 										  ALLOCSET_DEFAULT_SIZES);
-	TaskFdwRequestDispatcher(TFDW_XACT_SUBMITTED);
 	state->insert = TaskStoreBeginInsert(estate);
 	return state;
 }

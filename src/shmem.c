@@ -47,6 +47,7 @@ static bool xact_pools_unknown = false;
 
 static Size task_fdw_shmem_size(void);
 static DispatcherSlot *find_slot(Oid dboid);
+static void note_work(int what);
 static void forget_pools(void);
 static void wake_dispatcher(bool work, bool cancel);
 
@@ -134,7 +135,10 @@ TaskFdwSetProcLatch(int procno)
 /*
  * TaskFdwRequestDispatcher makes sure this database has a dispatcher slot
  * and notes what the transaction did to tasks (TFDW_XACT_* flags), so that
- * the dispatcher and waiters are told when it ends.
+ * the dispatcher and waiters are told when it ends.  The caller does not
+ * say which pools that concerns, so the dispatcher will look at the whole
+ * queue; submitting a task, whose pool is known, goes through
+ * TaskFdwNoteSubmission instead.
  *
  * Called while submitting or changing tasks, where an error is still
  * allowed, so that commit itself has nothing left that could fail.
@@ -142,11 +146,20 @@ TaskFdwSetProcLatch(int procno)
 void
 TaskFdwRequestDispatcher(int what)
 {
+	note_work(what);
+	if (what & (TFDW_XACT_SUBMITTED | TFDW_XACT_LOCKED))
+		xact_pools_unknown = true;
+}
+
+/*
+ * note_work is TaskFdwRequestDispatcher without saying where the work is.
+ */
+static void
+note_work(int what)
+{
 	DispatcherSlot *slot;
 
 	TaskFdwCheckPreloaded();
-	if (what & TFDW_XACT_LOCKED)
-		xact_pools_unknown = true;
 	if ((xact_did & what) == what)
 		return;
 
@@ -172,13 +185,15 @@ TaskFdwRequestDispatcher(int what)
 
 /*
  * TaskFdwNoteSubmission notes that this transaction submitted a task to
- * pool (serverid, userid), scheduled for later or not.
+ * pool (serverid, userid), scheduled for later or not: the dispatcher will
+ * look at that pool's queue when the transaction commits.
  */
 void
 TaskFdwNoteSubmission(Oid serverid, Oid userid, bool scheduled)
 {
 	int			i;
 
+	note_work(TFDW_XACT_SUBMITTED);
 	if (scheduled)
 		xact_pools_unknown = true;
 	if (xact_pools_unknown)
