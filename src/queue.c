@@ -70,8 +70,8 @@
  * then lower priorities.  Each branch is a range scan of task_queued_idx,
  * so entries of tasks claimed earlier (dead, but not yet removable while an
  * older snapshot exists) are not visited again.  Nothing is locked here:
- * START_SQL checks again that a task is queued, and skips it while a
- * submitter is changing it.
+ * QueueRecordStarts checks again that a task is queued, and skips it while
+ * a submitter is changing it.
  */
 #define FETCH_COLUMNS \
 	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay," \
@@ -345,7 +345,9 @@ QueueFindPools(void)
 /*
  * QueueFetch takes up to limit more runnable tasks of pool, highest
  * priority first, into pool's held list, going on from where the last
- * fetch stopped.  Tasks already held are skipped.
+ * fetch stopped.  Tasks already held are skipped: they come again only
+ * when the read starts from the head of the queue, so only then does it
+ * ask for that many rows more.
  */
 void
 QueueFetch(Pool *pool, int limit, TimestampTz now)
@@ -353,7 +355,7 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 	Datum		values[6];
 	uint64		i;
 	int			added = 0;
-	int			asked = limit + pool->nheld;
+	int			asked = limit + (pool->cursor_valid ? 0 : pool->nheld);
 
 	values[0] = ObjectIdGetDatum(pool->key.serverid);
 	values[1] = ObjectIdGetDatum(pool->key.userid);
@@ -418,9 +420,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 	}
 	/*
 	 * A short answer, all of it taken, means the pool has no more runnable
-	 * tasks for now.  (The answer may be short yet hold more than limit new
-	 * tasks: the tasks the pool holds, counted in asked, are not in it when
-	 * the read goes on from the cursor.)
+	 * tasks for now.  (A held task may have left the queue, so an answer
+	 * from the head can be short and still hold rows beyond limit.)
 	 */
 	pool->has_queued = (SPI_processed == (uint64) asked || i < SPI_processed);
 	SPI_freetuptable(SPI_tuptable);
