@@ -89,32 +89,27 @@ TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_task, "TaskFdwWait")
  * store has no summarizing (BRIN) indexes, so an update either needs new
  * entries in all its indexes or in none (HOT).
  */
-#if PG_VERSION_NUM >= 160000
 static inline TM_Result
 tfdw_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
 				  Snapshot snapshot, TM_FailureData *tmfd, bool *new_index_entries)
 {
 	LockTupleMode lockmode;
+#if PG_VERSION_NUM >= 160000
 	TU_UpdateIndexes update_indexes;
+#else
+	bool		update_indexes;
+#endif
 	TM_Result	result = table_tuple_update(rel, otid, slot, GetCurrentCommandId(true),
 											snapshot, InvalidSnapshot, false, tmfd,
 											&lockmode, &update_indexes);
 
+#if PG_VERSION_NUM >= 160000
 	*new_index_entries = (update_indexes != TU_None);
+#else
+	*new_index_entries = update_indexes;
+#endif
 	return result;
 }
-#else
-static inline TM_Result
-tfdw_tuple_update(Relation rel, ItemPointer otid, TupleTableSlot *slot,
-				  Snapshot snapshot, TM_FailureData *tmfd, bool *new_index_entries)
-{
-	LockTupleMode lockmode;
-
-	return table_tuple_update(rel, otid, slot, GetCurrentCommandId(true),
-							  snapshot, InvalidSnapshot, false, tmfd,
-							  &lockmode, new_index_entries);
-}
-#endif
 
 /* create_foreignscan_path grew disabled_nodes (18) and fdw_restrictinfo (17). */
 #if PG_VERSION_NUM >= 180000

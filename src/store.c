@@ -26,7 +26,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
-#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/sequence.h"
@@ -417,7 +416,6 @@ TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
 
 	pfree(name);
 	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, state);
-	key.sk_collation = C_COLLATION_OID;
 	if (queued)
 		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
 								  snapshot, 0, NULL);
