@@ -359,9 +359,12 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 		list_free_deep(states);
 
 		/*
-		 * Until the newest unfinished task ends (the dispatcher runs a pool's
-		 * tasks oldest first), a wake-up reads only it, not the whole batch;
-		 * after a timeout, the batch is read once more as it is now.
+		 * Until the newest unfinished task ends, a wake-up reads only it,
+		 * not the whole batch; then the batch is read again, as it is also
+		 * after a timeout.  The newest task is likely to end last (a pool
+		 * runs tasks of equal priority oldest first), so the batch is
+		 * usually read again only once, but any order gives the right
+		 * answer: the full read decides.
 		 */
 		do
 			timed_out = !wait_sleep(deadline);
