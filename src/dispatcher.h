@@ -138,7 +138,8 @@ typedef struct Pool
 	TimestampTz down_since;		/* unreachable since then, or 0 */
 	TimestampTz next_connect_at;	/* while unreachable: next attempt */
 	int			connect_failures;	/* in a row */
-	char		last_error[256];	/* why the last attempt failed */
+	char		last_error[TFDW_POOL_ERROR_LEN];	/* why the last attempt
+													 * failed */
 	TimestampTz blocked_until;	/* no connection could be opened: retry then */
 	dlist_head	conns;			/* its connections, and cancellers */
 	int			nconns;			/* connections, not counting cancellers */
@@ -192,6 +193,7 @@ typedef struct ConnWalk
 extern void PoolInit(void);
 extern Pool *PoolLookup(Oid serverid, Oid userid, bool create);
 extern HTAB *PoolTable(void);
+extern int	PoolCountState(Pool *pool, ConnState state);
 extern int	PoolBusy(Pool *pool);
 extern int	PoolCapacity(Pool *pool, TimestampTz now);
 extern int	PoolAhead(Pool *pool);

@@ -20,6 +20,7 @@
 
 #include "catalog/pg_user_mapping.h"
 #include "foreign/foreign.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
@@ -43,7 +44,7 @@ static HTAB *pools = NULL;
 
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
-static int	pool_count_state(Pool *pool, ConnState state);
+static void pool_set_error(Pool *pool, const char *message, TimestampTz at);
 static bool pool_takes_ahead(Conn *conn, TimestampTz now);
 static void pool_expire_held(Pool *pool, TimestampTz now);
 static void pool_close_idle_elsewhere(Pool *pool);
@@ -141,10 +142,11 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 }
 
 /*
- * pool_count_state returns how many of pool's connections are in state.
+ * PoolCountState returns how many of pool's connections (cancellers aside)
+ * are in state.
  */
-static int
-pool_count_state(Pool *pool, ConnState state)
+int
+PoolCountState(Pool *pool, ConnState state)
 {
 	dlist_iter	iter;
 	int			n = 0;
@@ -165,8 +167,8 @@ pool_count_state(Pool *pool, ConnState state)
 int
 PoolBusy(Pool *pool)
 {
-	return pool->nconns - pool_count_state(pool, CONN_IDLE) -
-		pool_count_state(pool, CONN_CONNECTING);
+	return pool->nconns - PoolCountState(pool, CONN_IDLE) -
+		PoolCountState(pool, CONN_CONNECTING);
 }
 
 /*
@@ -266,8 +268,8 @@ PoolWantsTurn(Pool *pool, TimestampTz now)
 		return true;
 	if (pool->nheld == 0)
 		return false;
-	return pool_count_state(pool, CONN_IDLE) > 0 ||
-		(pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
+	return PoolCountState(pool, CONN_IDLE) > 0 ||
+		(pool->nheld > PoolCountState(pool, CONN_CONNECTING) &&
 		 pool->nconns < pool->pool_size && now >= pool->blocked_until);
 }
 
@@ -440,7 +442,7 @@ PoolConnect(Pool *pool)
 	if (pool->down_since != 0)
 		pool_expire_held(pool, GetCurrentTimestamp());
 
-	while (pool->nheld > pool_count_state(pool, CONN_CONNECTING) &&
+	while (pool->nheld > PoolCountState(pool, CONN_CONNECTING) &&
 		   pool->nconns < pool->pool_size)
 	{
 		Task	   *first = dlist_head_element(Task, node, &pool->held);
@@ -449,7 +451,7 @@ PoolConnect(Pool *pool)
 		/* While unreachable: one attempt at a time, after a pause. */
 		if (pool->down_since != 0 &&
 			(GetCurrentTimestamp() < pool->next_connect_at ||
-			 pool_count_state(pool, CONN_CONNECTING) > 0))
+			 PoolCountState(pool, CONN_CONNECTING) > 0))
 			break;
 		/* At a connection limit: try again once the pause is over. */
 		if (pool->blocked_until != 0 && GetCurrentTimestamp() < pool->blocked_until)
@@ -506,9 +508,7 @@ PoolUnreachable(Pool *pool, const char *message)
 	for (i = 1; i < pool->connect_failures && pause_ms < 10000; i++)
 		pause_ms *= 2;
 	pool->next_connect_at = TimestampTzPlusMilliseconds(now, Min(pause_ms, 10000));
-	strlcpy(pool->last_error, message, sizeof(pool->last_error));
-	pool->last_error_at = now;
-	StatsMarkChanged();
+	pool_set_error(pool, message, now);
 	pool_expire_held(pool, now);
 }
 
@@ -552,8 +552,22 @@ PoolRefused(Pool *pool, const char *message)
 						pool->server_name, pool->role_name),
 				 errdetail_internal("%s", message)));
 	pool->refused = true;
-	strlcpy(pool->last_error, message, sizeof(pool->last_error));
-	pool->last_error_at = GetCurrentTimestamp();
+	pool_set_error(pool, message, GetCurrentTimestamp());
+}
+
+/*
+ * pool_set_error keeps message as pool's last error, which happened at
+ * the given time, cut at a character boundary if it is longer than kept:
+ * it is shown in task_fdw.pools and may become a task's error.
+ */
+static void
+pool_set_error(Pool *pool, const char *message, TimestampTz at)
+{
+	int			len = pg_mbcliplen(message, strlen(message), sizeof(pool->last_error) - 1);
+
+	memcpy(pool->last_error, message, len);
+	pool->last_error[len] = '\0';
+	pool->last_error_at = at;
 	StatsMarkChanged();
 }
 
@@ -596,10 +610,10 @@ PoolNextAttention(Pool *pool)
 	dlist_iter	iter;
 
 	if (pool->nheld > 0 && pool->blocked_until != 0 && pool->down_since == 0)
-		return pool->nheld > pool_count_state(pool, CONN_CONNECTING) ? pool->blocked_until : 0;
+		return pool->nheld > PoolCountState(pool, CONN_CONNECTING) ? pool->blocked_until : 0;
 	if (pool->down_since == 0 || pool->nheld == 0)
 		return 0;
-	if (pool_count_state(pool, CONN_CONNECTING) > 0)
+	if (PoolCountState(pool, CONN_CONNECTING) > 0)
 		next = DT_NOEND;		/* an attempt is under way */
 	dlist_foreach(iter, &pool->held)
 	{
@@ -811,7 +825,7 @@ PoolRetireIdle(void)
 			if (conn->state == CONN_IDLE)
 				PoolCloseConn(conn);
 		}
-		if (PoolBusy(pool) == 0 && pool_count_state(pool, CONN_CONNECTING) == 0)
+		if (PoolBusy(pool) == 0 && PoolCountState(pool, CONN_CONNECTING) == 0)
 			pool->invalidated = false;
 	}
 }

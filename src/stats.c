@@ -39,7 +39,6 @@
 #include "access/tableam.h"
 #include "fmgr.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -147,36 +146,18 @@ StatsDetach(void)
 static void
 stage_pool(TaskFdwPoolStats *entry, Pool *pool)
 {
-	dlist_iter	iter;
-	int			len;
-
 	entry->serverid = pool->key.serverid;
 	entry->userid = pool->key.userid;
 	entry->pool_size = pool->pool_size;
-	entry->busy = entry->idle = entry->connecting = 0;
-	dlist_foreach(iter, &pool->conns)
-	{
-		Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-		if (conn->cancel_pid != 0)
-			continue;			/* a canceller is not one of the pool's */
-		if (conn->state == CONN_CONNECTING)
-			entry->connecting++;
-		else if (conn->state == CONN_IDLE)
-			entry->idle++;
-		else if (conn->state != CONN_CLOSED)
-			entry->busy++;
-	}
+	entry->busy = PoolBusy(pool);
+	entry->idle = PoolCountState(pool, CONN_IDLE);
+	entry->connecting = PoolCountState(pool, CONN_CONNECTING);
 	entry->waiting = pool->nheld;
 	entry->down_since = pool->down_since;
 	entry->last_error_at = pool->last_error_at;
 	entry->started = pool->tasks_started;
 	entry->finished = pool->tasks_finished;
-	/* Cut at a character boundary: the message may be longer than kept. */
-	len = pg_mbcliplen(pool->last_error, strnlen(pool->last_error, sizeof(pool->last_error)),
-					   TFDW_POOL_ERROR_LEN - 1);
-	memcpy(entry->last_error, pool->last_error, len);
-	entry->last_error[len] = '\0';
+	strlcpy(entry->last_error, pool->last_error, sizeof(entry->last_error));
 }
 
 /*
