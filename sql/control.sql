@@ -41,7 +41,7 @@ INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT 1', '1 month -30 days');
 INSERT INTO ctl_tasks(sql, attempts) VALUES ('SELECT 1', 2);
 INSERT INTO ctl_tasks(sql, notices) VALUES ('SELECT 1', '{}');
 -- ctl_tasks shows every task of server ctl, ctl_retry's too
-SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks)) GROUP BY state;
+SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks), '60s') GROUP BY state;
 
 -- ===================================================================
 -- priorities: with one connection, higher priority runs first
@@ -82,7 +82,7 @@ INSERT INTO ctl_tasks(sql, priority) VALUES
 UPDATE ctl_tasks SET priority = 2 WHERE id = :p0_id RETURNING priority, state;
 SELECT pg_advisory_unlock(4242);
 SELECT state, count(*)
-  FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE batch = 'server'))
+  FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE batch = 'server'), '60s')
  GROUP BY state ORDER BY state;
 SELECT string_agg(label, ' ' ORDER BY seq) AS ran_in_order FROM run_order;
 -- the cancelled task never started
@@ -115,7 +115,7 @@ SELECT count(*) AS still_active FROM pg_stat_activity
 SELECT pg_advisory_unlock(4242);
 -- a finished task keeps its real outcome: nothing is updated
 INSERT INTO ctl_tasks(sql) VALUES ('SELECT 1') RETURNING id AS done_id \gset
-SELECT task_fdw.wait(:done_id);
+SELECT task_fdw.wait(:done_id, '60s');
 UPDATE ctl_tasks SET state = 'cancelled' WHERE id = :done_id RETURNING id;
 SELECT state FROM ctl_tasks WHERE id = :done_id;
 
@@ -134,7 +134,7 @@ UPDATE ctl_tasks SET priority = NULL WHERE id = :done_id;
 -- ===================================================================
 INSERT INTO ctl_tasks(sql, run_at) VALUES ('SELECT 1', clock_timestamp() + interval '2s')
 RETURNING id AS later_id \gset
-SELECT task_fdw.wait(:later_id);
+SELECT task_fdw.wait(:later_id, '60s');
 SELECT state, started_at >= run_at AS not_before_run_at FROM ctl_tasks WHERE id = :later_id;
 -- a queued task can be postponed, then deleted before it ever runs
 INSERT INTO ctl_tasks(sql, run_at)
@@ -150,7 +150,7 @@ SELECT count(*) FROM ctl_tasks WHERE id = :far_id;
 -- ===================================================================
 INSERT INTO ctl_tasks(sql, timeout) VALUES ('SELECT pg_sleep(5)', '200ms')
 RETURNING id AS slow_id \gset
-SELECT task_fdw.wait(:slow_id);
+SELECT task_fdw.wait(:slow_id, '60s');
 SELECT state, sqlstate, error, error_detail FROM ctl_tasks WHERE id = :slow_id;
 
 -- ===================================================================
@@ -162,25 +162,25 @@ GRANT ALL ON runs TO PUBLIC;
 INSERT INTO ctl_retry(sql) VALUES ($q$SELECT nextval('runs');
   DO $d$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $d$$q$)
 RETURNING id AS retry_id \gset
-SELECT task_fdw.wait(:retry_id);
+SELECT task_fdw.wait(:retry_id, '60s');
 SELECT state, attempts, max_attempts, sqlstate, error, (SELECT last_value FROM runs) AS runs
   FROM ctl_retry WHERE id = :retry_id;
 -- an undefined table is not
 INSERT INTO ctl_retry(sql) VALUES ('SELECT * FROM no_such_table') RETURNING id AS noretry_id \gset
-SELECT task_fdw.wait(:noretry_id);
+SELECT task_fdw.wait(:noretry_id, '60s');
 SELECT state, attempts, sqlstate FROM ctl_retry WHERE id = :noretry_id;
 -- codes listed in retry_sqlstates are; success ends the retries
 ALTER SEQUENCE runs RESTART;
 INSERT INTO ctl_retry(sql) VALUES ($q$DO $d$ BEGIN
   IF nextval('runs') < 2 THEN RAISE EXCEPTION 'not yet'; END IF; END $d$$q$)
 RETURNING id AS listed_id \gset
-SELECT task_fdw.wait(:listed_id);
+SELECT task_fdw.wait(:listed_id, '60s');
 SELECT state, attempts, sqlstate, error FROM ctl_retry WHERE id = :listed_id;
 -- a task submitted with max_attempts 1 is not retried
 INSERT INTO ctl_retry(sql, max_attempts) VALUES ($q$DO $d$ BEGIN
   RAISE EXCEPTION 'once' USING ERRCODE = '40P01'; END $d$$q$, 1)
 RETURNING id AS once_id \gset
-SELECT task_fdw.wait(:once_id);
+SELECT task_fdw.wait(:once_id, '60s');
 SELECT state, attempts, sqlstate FROM ctl_retry WHERE id = :once_id;
 
 -- ===================================================================
@@ -191,17 +191,17 @@ INSERT INTO vacuumed VALUES (1);
 INSERT INTO ctl_tasks(sql) VALUES ($q$DO $d$ BEGIN
   RAISE NOTICE 'hello %', 1; RAISE WARNING 'careful'; RAISE INFO 'fyi'; END $d$$q$)
 RETURNING id AS notice_id \gset
-SELECT task_fdw.wait(:notice_id);
+SELECT task_fdw.wait(:notice_id, '60s');
 SELECT notices FROM ctl_tasks WHERE id = :notice_id;
 INSERT INTO ctl_tasks(sql) VALUES ('VACUUM (VERBOSE) vacuumed') RETURNING id AS vacuum_id \gset
-SELECT task_fdw.wait(:vacuum_id);
+SELECT task_fdw.wait(:vacuum_id, '60s');
 SELECT notices[1] AS first_notice, cardinality(notices) >= 2 AS more
   FROM ctl_tasks WHERE id = :vacuum_id;
 -- only task_fdw.max_notices messages are kept
 INSERT INTO ctl_tasks(sql) VALUES ($q$DO $d$ BEGIN
   FOR i IN 1..150 LOOP RAISE NOTICE 'n%', i; END LOOP; END $d$$q$)
 RETURNING id AS many_id \gset
-SELECT task_fdw.wait(:many_id);
+SELECT task_fdw.wait(:many_id, '60s');
 SELECT cardinality(notices), notices[100], notices[101] FROM ctl_tasks WHERE id = :many_id;
 -- a task without notices has none
 SELECT notices FROM ctl_tasks WHERE id = :done_id;
@@ -212,7 +212,7 @@ SELECT notices FROM ctl_tasks WHERE id = :done_id;
 INSERT INTO ctl_tasks(sql, batch)
 SELECT format('INSERT INTO run_order(label) VALUES (%L)', 'batch ' || g), 'b20'
   FROM generate_series(1, 20) g;
-SELECT state, count(*) FROM task_fdw.wait_batch('b20') GROUP BY state;
+SELECT state, count(*) FROM task_fdw.wait_batch('b20', '60s') GROUP BY state;
 SELECT count(*) AS rows_written FROM run_order WHERE label LIKE 'batch %';
 -- from a procedure that submits, commits and waits, and from a function
 CREATE PROCEDURE run_batch(label text, n int) LANGUAGE plpgsql AS $$
@@ -220,11 +220,11 @@ BEGIN
     INSERT INTO ctl_tasks(sql, batch) SELECT 'SELECT 1', label FROM generate_series(1, n);
     COMMIT;
     RAISE NOTICE 'batch %: % tasks finished', label,
-        (SELECT count(*) FROM task_fdw.wait_batch(label));
+        (SELECT count(*) FROM task_fdw.wait_batch(label, '60s'));
 END $$;
 CALL run_batch('proc', 5);
 CREATE FUNCTION batch_done(label text) RETURNS bigint LANGUAGE sql
-    AS $$ SELECT count(*) FROM task_fdw.wait_batch(label) WHERE state = 'done' $$;
+    AS $$ SELECT count(*) FROM task_fdw.wait_batch(label, '60s') WHERE state = 'done' $$;
 SELECT batch_done('proc');
 DROP PROCEDURE run_batch;
 DROP FUNCTION batch_done;
@@ -255,21 +255,24 @@ RETURNING id AS blocked_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair', 'ctl_wait')
 RETURNING id AS sleeper_id \gset
 SELECT id = :blocked_id AS blocked, state
-  FROM task_fdw.wait(ARRAY[:blocked_id, :sleeper_id], '2s') ORDER BY id;
+  FROM task_fdw.wait(ARRAY[:blocked_id, :sleeper_id], '3s') ORDER BY id;
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair2', 'ctl_wait')
 RETURNING id AS sleeper_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair2', 'ctl_wait')
 RETURNING id AS blocked_id \gset
-SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair2', '2s') ORDER BY id;
+SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair2', '3s') ORDER BY id;
 -- wait_batch reads the whole batch again once the newest unfinished task
--- ends: here the older one still waits for the lock when the 0.3 s one ends.
+-- ends: here the older one still waits for the lock when the 0.3 s one ends,
+-- so the wait goes on until its timeout rather than returning then.
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair3', 'ctl_wait')
 RETURNING id AS blocked_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair3', 'ctl_wait');
-SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair3', '2s') ORDER BY id;
+SELECT clock_timestamp() AS pair3_start \gset
+SELECT id = :blocked_id AS blocked, state FROM task_fdw.wait_batch('pair3', '3s') ORDER BY id;
+SELECT clock_timestamp() - :'pair3_start'::timestamptz >= interval '3s' AS waited_until_timeout;
 SELECT pg_advisory_unlock(4242);
-SELECT state FROM task_fdw.wait_batch('slow');
-SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE batch LIKE 'pair%'))
+SELECT state FROM task_fdw.wait_batch('slow', '60s');
+SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE batch LIKE 'pair%'), '60s')
  GROUP BY state;
 DELETE FROM ctl_tasks WHERE batch LIKE 'pair%';
 DROP USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
