@@ -171,11 +171,21 @@ SELECT count(*) = $n + 2 FROM tasks WHERE batch = 'claimed$from' AND state = 'ru
 	return (join(',', @ids[0, 1]), @ids[2 .. $#ids]);
 }
 
+# outcomes($ids): waits for the tasks $ids and returns "state attempts" of
+# each, in id order.
+sub outcomes
+{
+	my ($ids) = @_;
+	return $node->safe_psql('postgres', qq{
+SELECT string_agg(state || ' ' || attempts, ',' ORDER BY id)
+  FROM task_fdw.wait('{$ids}'::bigint[], '60s') JOIN tasks USING (id, state)});
+}
+
 $gate = $node->background_psql('postgres');
 $gate->query_safe('SELECT pg_advisory_lock(9)');
 my ($blockers, @claimed) = claim_behind_blockers('SELECT pg_advisory_xact_lock(9)', 101, 10);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM effects WHERE k > 100'),
-	'0', 'tasks claimed ahead are running but not sent');
+	'0', 'tasks claimed ahead show as running, and none has run');
 my $cancelled = join(',', @claimed[0 .. 2]);
 my $deleted = join(',', @claimed[3, 4]);
 my $kept = join(',', @claimed[5 .. 9]);
@@ -188,12 +198,12 @@ SELECT string_agg(state || ' ' || attempts || ' ' || (started_at IS NULL), ',')
 	'claimed tasks that are cancelled end at once, never started, while the blockers run');
 is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE id IN ($blockers) AND state = 'running'"),
 	'2', 'the blockers still run');
+my $unlocked_at = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
 $gate->query_safe('SELECT pg_advisory_unlock(9)');
-is( $node->safe_psql('postgres', qq{
-SELECT string_agg(state || ' ' || attempts, ',')
-  FROM task_fdw.wait('{$kept,$blockers}'::bigint[], '60s') JOIN tasks USING (id, state)}),
-	join(',', ('done 1') x 7),
+is(outcomes("$kept,$blockers"), join(',', ('done 1') x 7),
 	'the other claimed tasks run once the blockers end');
+is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE id IN ($kept) AND started_at >= '$unlocked_at'"),
+	'5', 'their started_at is when they were sent, after the blockers, not when they were claimed');
 is( $node->safe_psql('postgres', q{
 SELECT string_agg(k::text, ',' ORDER BY k) FROM effects WHERE k > 100}),
 	join(',', map { $_ + 101 } 5 .. 9),
@@ -212,11 +222,10 @@ SELECT string_agg(state || ' ' || coalesce(sqlstate, '-'), ',' ORDER BY id)
   FROM task_fdw.wait('{$blockers}'::bigint[], '60s') JOIN tasks USING (id, state)}),
 	'failed 57P01,failed 57P01', 'the blockers were interrupted by the restart');
 my $all_claimed = join(',', @claimed);
-is( $node->safe_psql('postgres', qq{
-SELECT string_agg(state || ' ' || attempts, ',')
-  FROM task_fdw.wait('{$all_claimed}'::bigint[], '60s') JOIN tasks USING (id, state)}),
-	join(',', ('done 1') x 6),
+is(outcomes($all_claimed), join(',', ('done 1') x 6),
 	'the tasks claimed ahead went back to the queue and ran once after it');
+is($node->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE id IN ($all_claimed) AND started_at >= pg_postmaster_start_time()"),
+	'6', 'and were started by the new dispatcher');
 is( $node->safe_psql('postgres', q{
 SELECT count(*) || ' ' || count(DISTINCT k) FROM effects WHERE k > 200}),
 	'6 6', 'each left its side effect once');
