@@ -4,7 +4,7 @@
 \echo Use "ALTER EXTENSION task_fdw UPDATE TO '1.1'" to load this file. \quit
 
 -- Task control, security and reliability: new task attributes and internal
--- columns, appended in the order task_fdw--1.1.sql creates them.
+-- columns, appended to the table.
 ALTER TABLE task_fdw.task
     ADD COLUMN priority        int NOT NULL DEFAULT 0,
     ADD COLUMN run_at          timestamptz,
@@ -50,7 +50,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION task_fdw.wait_batch(text, interval) IS
     'waits until all of the caller''s tasks of the batch are finished or the timeout passes, and returns their states';
 
--- SECURITY DEFINER so that check_table need not be granted to PUBLIC; see
--- task_fdw--1.1.sql for the reason.
+-- SECURITY DEFINER so that check_table, an internal helper, need not be
+-- granted to PUBLIC: it runs for everyone's DDL, only reads the catalogs,
+-- and can do nothing but raise an error about a badly declared table.
 ALTER FUNCTION task_fdw.check_tables_trigger() SECURITY DEFINER;
 REVOKE ALL ON FUNCTION task_fdw.check_table(regclass) FROM PUBLIC;

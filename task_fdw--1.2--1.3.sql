@@ -3,8 +3,8 @@
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION task_fdw UPDATE TO '1.3'" to load this file. \quit
 
--- There is no task_fdw--1.3.sql: CREATE EXTENSION installs 1.3 by running
--- task_fdw--1.2.sql and then this script.
+-- There is one installation script, task_fdw--1.0.sql: CREATE EXTENSION
+-- runs it and then the update scripts up to the version asked for.
 --
 -- task_state_idx covers running, failed and cancelled tasks only.  Queued
 -- tasks are found through task_queued_idx.  Done tasks, the bulk of the

@@ -87,7 +87,10 @@ is($node->safe_psql('recent', $by_state), 'cancelled 0, done 1, failed 1, queued
 
 # The updated schema is the one a fresh installation creates: columns,
 # constraints, indexes, functions (with their settings and privileges),
-# views, comments, the event trigger and the extension's members.
+# views, comments, the event trigger and the extension's members.  A fresh
+# installation runs task_fdw--1.0.sql and the same update scripts, so this
+# checks that updating a store that holds tasks, from each version, ends
+# the same.
 my $describe = q{
 SELECT string_agg(line, E'\n' ORDER BY line) FROM (
   SELECT format('column %s %s %s %s', attnum, attname, format_type(atttypid, atttypmod),
