@@ -11,7 +11,6 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use TaskFdwNode;
-use Time::HiRes qw(time);
 
 my $remote = TaskFdwNode::new_plain_node('remote');
 $remote->safe_psql('postgres', 'CREATE TABLE r_effects (n int)');
@@ -109,10 +108,9 @@ $node->safe_psql('postgres',
 $remote->poll_query_until('postgres',
 	"SELECT count(*) = 4 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'")
   or die 'remote statements did not start';
-my $start = time();
+# stop() dies if pg_ctl gives up waiting (PGCTLTIMEOUT), as it would if the
+# dispatcher waited for the 600 s statements.
 $node->stop('fast');
-my $elapsed = time() - $start;
-cmp_ok($elapsed, '<', 10, sprintf('a fast shutdown took %.1f s with 4 remote statements running', $elapsed));
 ok($remote->poll_query_until('postgres',
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'"),
 	'and the remote statements were cancelled');
@@ -128,14 +126,13 @@ $node->safe_psql('postgres', q{
 INSERT INTO remote_tasks(sql)
 SELECT format('INSERT INTO r_effects VALUES (%s)', g) FROM generate_series(1, 50) g;
 });
-$start = time();
+# That a server whose connections hang does not hold up the others is
+# t/007's frozen-node test.
 my $loop = $node->safe_psql('postgres', q{
 INSERT INTO tasks(sql) SELECT 'SELECT 1' FROM generate_series(1, 20) RETURNING id});
 $loop =~ s/\n/,/g;
 is($node->safe_psql('postgres', "SELECT string_agg(DISTINCT state, ',') FROM task_fdw.wait(ARRAY[$loop], '30s')"),
 	'done', 'tasks of another server run while the remote is down');
-$elapsed = time() - $start;
-cmp_ok($elapsed, '<', 1, sprintf('in %.3f s', $elapsed));
 is($node->safe_psql('postgres', "SELECT count(*) FROM remote_tasks WHERE state = 'queued'"), '50',
 	'the 50 tasks of the unreachable server stay queued');
 $remote->start;
@@ -245,11 +242,10 @@ install_with_queued_task();
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
   or die 'no dispatcher in victim';
-$start = time();
+# DROP DATABASE waits 5 s at most for the database's sessions to go, then
+# fails: success means the dispatcher left in time.
 ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE victim');
-$elapsed = time() - $start;
 is($rc, 0, 'DROP DATABASE succeeds while its dispatcher runs') or diag($err);
-cmp_ok($elapsed, '<', 5, sprintf('in %.2f s', $elapsed));
 unlike(slurp_file($node->logfile), qr/task_fdw dispatcher" \(PID \d+\) exited with exit code 1/,
 	'no dispatcher exited with an error');
 

@@ -3,9 +3,11 @@
 # Every task leaves its side effect on its own node only, no node runs more
 # than 2 tasks at once, and the views task_fdw.pools and task_fdw.task_stats,
 # pg_stat_activity and the log show the right things while and after they
-# run.  With one node stopped, the other two nodes' tasks finish as fast as
-# before, while the stopped node's wait, and run once it is back; and so do
-# they while node3 is frozen (SIGSTOP), so that connections to it hang.
+# run.  With one node stopped, the other two nodes' tasks finish while the
+# stopped node's wait, and run once it is back; and so do they while node3
+# is frozen (SIGSTOP), so that connections to it hang.  node1's dispatcher
+# looks at the queue on its own only once an hour (task_fdw.recheck_interval),
+# so every task must run because something woke the dispatcher for it.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -14,10 +16,9 @@ use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
 use TaskFdwNode;
-use Time::HiRes qw(time);
 
 my $tcp = "listen_addresses = '127.0.0.1'\n";
-my $node1 = TaskFdwNode::new_node('node1', $tcp);
+my $node1 = TaskFdwNode::new_node('node1', $tcp . "task_fdw.recheck_interval = '1h'\n");
 my $node2 = TaskFdwNode::new_plain_node('node2', $tcp);
 my $node3 = TaskFdwNode::new_plain_node('node3', $tcp);
 my %nodes = (s1 => $node1, s2 => $node2, s3 => $node3);
@@ -130,7 +131,6 @@ my $dispatcher_pid = $node1->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'");
 
 # Open the gates: all tasks run.
-my $start = time();
 for my $s (sort keys %nodes)
 {
 	$gates{$s}->query_safe('SELECT pg_advisory_unlock(7)');
@@ -140,8 +140,6 @@ for my $s (sort keys %nodes)
 {
 	is(wait_batch("b1-$s"), '100', "the 100 tasks of $s are done");
 }
-my $first_run = time() - $start;
-diag(sprintf('the 300 tasks ran in %.2f s once the gates opened', $first_run));
 
 for my $k (1 .. 3)
 {
@@ -171,17 +169,12 @@ my @dispatcher_lines = grep { /\[$dispatcher_pid\]/ && !/dispatcher started/ }
 is(scalar(@dispatcher_lines), 0, 'the dispatcher logged nothing about the 300 tasks')
   or diag(join("\n", @dispatcher_lines));
 
-# --- node3 stopped: the tasks of node1 and node2 finish as fast as before.
+# --- node3 stopped: the tasks of node1 and node2 still run.
 $node3->stop('fast');
 $log_offset = -s $node1->logfile;
-$start = time();
 submit(301, 600, 'b2');
 is(wait_batch('b2-s1'), '100', 'with node3 stopped, the 100 new tasks of s1 are done');
 is(wait_batch('b2-s2'), '100', 'and so are those of s2');
-my $second_run = time() - $start;
-diag(sprintf('with node3 stopped, the 200 tasks of node1 and node2 ran in %.2f s', $second_run));
-cmp_ok($second_run, '<=', 2 * $first_run + 2,
-	'as fast as the first 300 tasks (within twice the time, plus 2 s)');
 is($node1->safe_psql('postgres', "SELECT count(*) FROM tasks WHERE batch = 'b2-s3' AND state = 'queued'"),
 	'100', "node3's 100 tasks stay queued");
 ok($node1->poll_query_until('postgres', q{
@@ -227,21 +220,19 @@ SELECT string_agg(concat_ws(' ', server, state, count), ',' ORDER BY server) FRO
 # --- node3 frozen: connections to it hang instead of being refused.  A
 # change of server options closes the idle pooled connections, so the next
 # tasks need new ones; connect_timeout bounds how long an attempt may take.
+# That the hanging attempts hold up no other server, however long they
+# last, is shown by the next test, which has no connect_timeout.
 my $frozen = $node3->{_pid};
 END { kill 'CONT', $frozen if $frozen; }
 $node1->safe_psql('postgres', "ALTER SERVER s3 OPTIONS (ADD connect_timeout '2')");
 kill 'STOP', $frozen;
 $log_offset = -s $node1->logfile;
-$start = time();
 submit(601, 690, 'b3');
 ok($node1->poll_query_until('postgres', q{
 SELECT connecting = 2 AND open = 0 AND queued = 30 FROM task_fdw.pools WHERE server = 's3'}),
 	'with node3 frozen, the pools view shows its 2 connections hanging and its 30 tasks queued');
 is(wait_batch('b3-s1'), '30', 'with node3 frozen, the 30 tasks of s1 are done');
 is(wait_batch('b3-s2'), '30', 'and so are those of s2');
-my $frozen_run = time() - $start;
-diag(sprintf('with node3 frozen, the 60 tasks of node1 and node2 ran in %.2f s', $frozen_run));
-cmp_ok($frozen_run, '<', 2, 'before the 2 s connect_timeout of the frozen node could pass');
 ok($node1->poll_query_until('postgres', q{
 SELECT down_since IS NOT NULL AND last_error LIKE '%timeout expired after 2 seconds%' AND queued = 30
   FROM task_fdw.pools WHERE server = 's3'}),
@@ -257,8 +248,9 @@ is(scalar(@down) . ' ' . scalar(@up), '1 1', 'the log says once that s3 is down,
 # --- A catalog change while connections are being opened.  Once open,
 # they are out of date and closed; the tasks waiting for them must get new
 # ones at once, not at the dispatcher's next periodic look at the queue
-# (task_fdw.recheck_interval, 10 s).  node3 is frozen so that the
-# connections stay being opened until the dispatcher has taken the change in.
+# (an hour away).  node3 is frozen, without connect_timeout, so that the
+# connections stay being opened until the dispatcher has taken the change
+# in, and a task of s1 must run meanwhile.
 $node1->safe_psql('postgres', 'ALTER SERVER s3 OPTIONS (DROP connect_timeout)');
 $node3->safe_psql('postgres', q{
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'task_fdw task %'});
@@ -279,10 +271,8 @@ is($node1->safe_psql('postgres', "SELECT task_fdw.wait($s1_task, '60s')"), 'done
 	'after the catalog change, the dispatcher ran a task on s1');
 kill 'CONT', $frozen;
 $frozen = undef;
-$start = time();
-is(wait_batch('b4', '5s'), '10',
+is(wait_batch('b4'), '10',
 	'once node3 runs again, its 10 tasks run on new connections without waiting for a recheck');
-diag(sprintf('they ran in %.2f s', time() - $start));
 
 $node1->stop;
 $node2->stop;
