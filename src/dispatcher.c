@@ -356,7 +356,7 @@ dispatcher_loop(void)
 static void
 take_hints(void)
 {
-	TaskFdwPoolHint hints[TFDW_MAX_HINTS];
+	TaskFdwPoolKey hints[TFDW_MAX_HINTS];
 	int			n = TaskFdwSlotTakeHints(my_slot, hints);
 	int			i;
 

@@ -120,16 +120,9 @@ typedef struct Conn
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
 
-/* Key of a pool: the server and the role that submitted the tasks. */
-typedef struct PoolKey
-{
-	Oid			serverid;
-	Oid			userid;
-} PoolKey;
-
 typedef struct Pool
 {
-	PoolKey		key;
+	TaskFdwPoolKey key;
 	int			pool_size;
 	int			connect_timeout;	/* seconds, 0 = none */
 	int64		connect_retry_timeout;	/* microseconds */

@@ -60,7 +60,7 @@ PoolInit(void)
 {
 	HASHCTL		ctl;
 
-	ctl.keysize = sizeof(PoolKey);
+	ctl.keysize = sizeof(TaskFdwPoolKey);
 	ctl.entrysize = sizeof(Pool);
 	ctl.hcxt = TopMemoryContext;
 	pools = hash_create("task_fdw pools", 16, &ctl,
@@ -103,7 +103,7 @@ PoolTable(void)
 Pool *
 PoolLookup(Oid serverid, Oid userid, bool create)
 {
-	PoolKey		key;
+	TaskFdwPoolKey key;
 	Pool	   *pool;
 	bool		found;
 

@@ -41,12 +41,11 @@ static int	xact_did = 0;
  * xact_pools_unknown when that is not all there is to look at (too many
  * pools, a task scheduled for later, task rows changed or locked).
  */
-static TaskFdwPoolHint xact_pools[TFDW_MAX_HINTS];
+static TaskFdwPoolKey xact_pools[TFDW_MAX_HINTS];
 static int	xact_npools = 0;
 static bool xact_pools_unknown = false;
 
 static Size task_fdw_shmem_size(void);
-static DispatcherSlot *find_slot(Oid dboid);
 static void note_work(int what);
 static void forget_pools(void);
 static void wake_dispatcher(bool work, bool cancel);
@@ -109,10 +108,11 @@ TaskFdwShmemStartup(void)
 }
 
 /*
- * find_slot returns dboid's slot, or NULL.  The caller holds the lock.
+ * TaskFdwFindSlot returns dboid's slot, or NULL.  The caller holds
+ * TaskFdwState->lock.
  */
-static DispatcherSlot *
-find_slot(Oid dboid)
+DispatcherSlot *
+TaskFdwFindSlot(Oid dboid)
 {
 	int			i;
 
@@ -164,9 +164,9 @@ note_work(int what)
 		return;
 
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
-	slot = find_slot(MyDatabaseId);
+	slot = TaskFdwFindSlot(MyDatabaseId);
 	if (slot == NULL)
-		slot = find_slot(InvalidOid);
+		slot = TaskFdwFindSlot(InvalidOid);
 	if (slot == NULL)
 	{
 		LWLockRelease(TaskFdwState->lock);
@@ -255,14 +255,14 @@ slot_add_hints(DispatcherSlot *slot)
  * the dispatcher after it has cleared work_pending.
  */
 int
-TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolHint *hints)
+TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolKey *hints)
 {
 	int			n;
 
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
 	n = slot->hints_unknown ? -1 : slot->nhints;
 	if (n > 0)
-		memcpy(hints, slot->hints, n * sizeof(TaskFdwPoolHint));
+		memcpy(hints, slot->hints, n * sizeof(TaskFdwPoolKey));
 	slot->hints_unknown = false;
 	slot->nhints = 0;
 	LWLockRelease(TaskFdwState->lock);
@@ -280,7 +280,7 @@ wake_dispatcher(bool work, bool cancel)
 	DispatcherSlot *slot;
 
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
-	slot = find_slot(MyDatabaseId);
+	slot = TaskFdwFindSlot(MyDatabaseId);
 	if (slot != NULL)
 	{
 		if (work)
@@ -359,7 +359,7 @@ TaskFdwStopDispatcher(Oid dboid)
 	if (!OidIsValid(dboid) || TaskFdwState == NULL)
 		return;
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
-	slot = find_slot(dboid);
+	slot = TaskFdwFindSlot(dboid);
 	if (slot != NULL)
 	{
 		slot->wanted = false;
@@ -380,9 +380,9 @@ TaskFdwSlotAttach(Oid dboid)
 	DispatcherSlot *slot;
 
 	LWLockAcquire(TaskFdwState->lock, LW_EXCLUSIVE);
-	slot = find_slot(dboid);
+	slot = TaskFdwFindSlot(dboid);
 	if (slot == NULL)
-		slot = find_slot(InvalidOid);
+		slot = TaskFdwFindSlot(InvalidOid);
 	if (slot == NULL || (slot->pid != 0 && slot->pid != MyProcPid))
 	{
 		LWLockRelease(TaskFdwState->lock);
@@ -395,16 +395,6 @@ TaskFdwSlotAttach(Oid dboid)
 	slot->clean_exit = false;
 	LWLockRelease(TaskFdwState->lock);
 	return slot;
-}
-
-/*
- * TaskFdwFindSlot returns dboid's slot, or NULL.  The caller holds
- * TaskFdwState->lock.
- */
-DispatcherSlot *
-TaskFdwFindSlot(Oid dboid)
-{
-	return find_slot(dboid);
 }
 
 /*

@@ -98,8 +98,7 @@ typedef struct StateCount
 static void stage_pool(TaskFdwPoolStats *entry, Pool *pool);
 static void report_activity(int running, int waiting, int npools, int down);
 static HTAB *new_hash(const char *name, Size keysize, Size entrysize);
-static bool role_visible(Oid userid, bool all);
-static void count_store_tasks(Relation rel, Snapshot snapshot, HTAB *rows);
+static void count_store_task(HeapTuple tup, TupleDesc desc, bool running, void *rows);
 static void count_state(HTAB *counts, HeapTuple tup, TupleDesc desc, bool recent);
 static int	state_index(Datum state);
 static int	compare_pool_rows(const void *a, const void *b);
@@ -251,17 +250,6 @@ new_hash(const char *name, Size keysize, Size entrysize)
 }
 
 /*
- * role_visible returns whether the current user may see the pools and tasks
- * of role userid: all of them if all (a superuser or monitor), otherwise
- * as for the rows of a foreign table.
- */
-static bool
-role_visible(Oid userid, bool all)
-{
-	return all || TaskStoreTaskVisible(userid);
-}
-
-/*
  * state_index returns the index in task_states of the text Datum state, or
  * -1.
  */
@@ -280,45 +268,29 @@ state_index(Datum state)
 }
 
 /*
- * count_store_tasks adds to rows (PoolRow, by server and role) the queued
- * and running tasks of the task store rel, as of snapshot.
+ * count_store_task adds the unfinished task tup of the task store to rows
+ * (PoolRow, by server and role): a TaskStoreForEachUnfinished callback.
  */
 static void
-count_store_tasks(Relation rel, Snapshot snapshot, HTAB *rows)
+count_store_task(HeapTuple tup, TupleDesc desc, bool running, void *rows)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			i;
+	Oid			ids[2];
+	bool		isnull;
+	bool		found;
+	PoolRow    *row;
 
-	for (i = 0; i < 2; i++)
+	ids[0] = DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, desc, &isnull));
+	ids[1] = DatumGetObjectId(heap_getattr(tup, Anum_task_userid, desc, &isnull));
+	row = hash_search((HTAB *) rows, ids, HASH_ENTER, &found);
+	if (!found)
 	{
-		const char *state = i == 0 ? TFDW_STATE_QUEUED : TFDW_STATE_RUNNING;
-		SysScanDesc scan;
-		HeapTuple	tup;
-
-		scan = TaskStoreBeginStateScan(rel, snapshot, CStringGetTextDatum(state));
-		while ((tup = systable_getnext(scan)) != NULL)
-		{
-			Oid			ids[2];
-			bool		isnull;
-			bool		found;
-			PoolRow    *row;
-
-			CHECK_FOR_INTERRUPTS();
-			ids[0] = DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, desc, &isnull));
-			ids[1] = DatumGetObjectId(heap_getattr(tup, Anum_task_userid, desc, &isnull));
-			row = hash_search(rows, ids, HASH_ENTER, &found);
-			if (!found)
-			{
-				row->published = NULL;
-				row->queued = row->running = 0;
-			}
-			if (i == 0)
-				row->queued++;
-			else
-				row->running++;
-		}
-		systable_endscan(scan);
+		row->published = NULL;
+		row->queued = row->running = 0;
 	}
+	if (running)
+		row->running++;
+	else
+		row->queued++;
 }
 
 /*
@@ -387,7 +359,7 @@ task_fdw_pool_status(PG_FUNCTION_ARGS)
 	rows = new_hash("task_fdw pool rows", sizeof(Oid) * 2, sizeof(PoolRow));
 	rel = TaskStoreOpen(AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	count_store_tasks(rel, snapshot, rows);
+	TaskStoreForEachUnfinished(rel, snapshot, count_store_task, rows);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 	for (i = 0; i < npublished; i++)
@@ -405,7 +377,7 @@ task_fdw_pool_status(PG_FUNCTION_ARGS)
 	hash_seq_init(&status, rows);
 	while ((row = hash_seq_search(&status)) != NULL)
 	{
-		if (!role_visible(row->userid, all))
+		if (!all && !TaskStoreTaskVisible(row->userid))
 			continue;
 		row->server = TaskFdwServerName(row->serverid);
 		row->username = GetUserNameFromId(row->userid, true);
@@ -574,7 +546,7 @@ task_fdw_task_statistics(PG_FUNCTION_ARGS)
 		StateCount *total;
 		bool		found;
 
-		if (!role_visible(k.userid, all))
+		if (!all && !TaskStoreTaskVisible(k.userid))
 			continue;
 		k.userid = InvalidOid;
 		total = hash_search(totals, &k, HASH_ENTER, &found);

@@ -426,27 +426,55 @@ TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
 }
 
 /*
+ * TaskStoreForEachUnfinished calls fn for each task of the task store rel
+ * that is queued or running as of snapshot, with running saying which.
+ */
+void
+TaskStoreForEachUnfinished(Relation rel, Snapshot snapshot,
+						   TaskStoreTaskCallback fn, void *arg)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		bool		running = (i == 1);
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		scan = TaskStoreBeginStateScan(rel, snapshot,
+									   CStringGetTextDatum(running ? TFDW_STATE_RUNNING
+														   : TFDW_STATE_QUEUED));
+		while ((tup = systable_getnext(scan)) != NULL)
+		{
+			CHECK_FOR_INTERRUPTS();
+			fn(tup, desc, running, arg);
+		}
+		systable_endscan(scan);
+	}
+}
+
+/*
+ * count_task counts one task: a TaskStoreForEachUnfinished callback.
+ */
+static void
+count_task(HeapTuple tup, TupleDesc desc, bool running, void *count)
+{
+	(*(int64 *) count)++;
+}
+
+/*
  * TaskStoreCountUnfinished returns how many tasks of this database are
  * queued or running, as last committed.
  */
 int64
 TaskStoreCountUnfinished(void)
 {
-	static const char *const states[] = {TFDW_STATE_QUEUED, TFDW_STATE_RUNNING};
 	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	int64		count = 0;
-	int			i;
 
-	for (i = 0; i < lengthof(states); i++)
-	{
-		SysScanDesc scan = TaskStoreBeginStateScan(rel, snapshot,
-												   CStringGetTextDatum(states[i]));
-
-		while (systable_getnext(scan) != NULL)
-			count++;
-		systable_endscan(scan);
-	}
+	TaskStoreForEachUnfinished(rel, snapshot, count_task, &count);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 	return count;

@@ -139,17 +139,19 @@ typedef struct TaskFdwPoolStats
 } TaskFdwPoolStats;
 
 /*
- * Pools (server, submitting role) that committed transactions submitted
- * tasks to, so that the dispatcher can look at those pools' queues rather
- * than search the whole queue; at most TFDW_MAX_HINTS.
+ * A pool's key: the server, and the role that submitted the tasks.  The
+ * dispatcher's pools are hashed by it, and a slot's hints name the pools
+ * that committed transactions submitted tasks to, so that the dispatcher
+ * can look at those pools' queues rather than search the whole queue; at
+ * most TFDW_MAX_HINTS.
  */
 #define TFDW_MAX_HINTS			8
 
-typedef struct TaskFdwPoolHint
+typedef struct TaskFdwPoolKey
 {
 	Oid			serverid;
 	Oid			userid;
-} TaskFdwPoolHint;
+} TaskFdwPoolKey;
 
 /* One dispatcher slot in shared memory. */
 typedef struct DispatcherSlot
@@ -164,7 +166,7 @@ typedef struct DispatcherSlot
 	/* With work_pending, under the shared lock: where to look for it. */
 	bool		hints_unknown;	/* anywhere: search the whole queue */
 	int			nhints;
-	TaskFdwPoolHint hints[TFDW_MAX_HINTS];
+	TaskFdwPoolKey hints[TFDW_MAX_HINTS];
 
 	/* Published by a dispatcher, read by pool_status() (see stats.c). */
 	LWLock	   *stats_lock;		/* protects the fields below */
@@ -321,7 +323,7 @@ extern void TaskFdwShmemStartup(void);
 #define TFDW_XACT_LOCKED		0x08	/* locked task rows */
 extern void TaskFdwRequestDispatcher(int what);
 extern void TaskFdwNoteSubmission(Oid serverid, Oid userid, bool scheduled);
-extern int	TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolHint *hints);
+extern int	TaskFdwSlotTakeHints(DispatcherSlot *slot, TaskFdwPoolKey *hints);
 extern void TaskFdwXactCallback(XactEvent event, void *arg);
 extern DispatcherSlot *TaskFdwSlotAttach(Oid dboid);
 extern DispatcherSlot *TaskFdwFindSlot(Oid dboid);
@@ -374,6 +376,10 @@ extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
 extern HeapTuple TaskStoreDeleteTask(Relation rel, int64 id);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
+typedef void (*TaskStoreTaskCallback) (HeapTuple tup, TupleDesc desc, bool running,
+									   void *arg);
+extern void TaskStoreForEachUnfinished(Relation rel, Snapshot snapshot,
+									   TaskStoreTaskCallback fn, void *arg);
 extern int64 TaskStoreCountUnfinished(void);
 
 /* in wait.c */
