@@ -130,6 +130,18 @@ SQL
 dispatcher_pid() { q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+# VmHWM counts the pages of shared_buffers the dispatcher touched, shared
+# with every backend.  Its private memory (RssAnon) has no high-water mark:
+# sample_anon PID samples it every 10 ms into $dir/anon_kb, as the largest
+# value seen, until killed.
+sample_anon() {
+	echo 0 > "$dir/anon_kb"
+	while :; do
+		awk -v f="$dir/anon_kb" '/^RssAnon/ { getline m < f; if ($2 > m + 0) { print $2 > f } }' \
+			"/proc/$1/status" || return 0
+		sleep 0.01
+	done
+}
 echo 'SELECT 1;' > "$dir/select1.sql"
 
 results=""
@@ -159,6 +171,8 @@ w1() {
 	q -c "SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM $1))" >/dev/null
 	pid=$(dispatcher_pid)
 	cpu0=$(cpu_ticks "$pid")
+	sample_anon "$pid" &
+	sampler=$!
 	t=$(q <<SQL
 SELECT clock_timestamp() AS t0 \gset
 INSERT INTO $1(sql) SELECT 'SELECT 1' FROM generate_series(1, $N);
@@ -167,6 +181,9 @@ SELECT round((extract(epoch FROM max(finished_at) - :'t0'::timestamptz))::numeri
 SQL
 )
 	cpu_ticks_used=$(($(cpu_ticks "$pid") - cpu0))
+	kill "$sampler"
+	wait "$sampler" 2>/dev/null || true
+	anon_kb=$(cat "$dir/anon_kb")
 	tasks_s=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
 }
 ratios() { echo "$1 $2 $3" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }'; }
@@ -176,6 +193,7 @@ for p in 1 2 4 8; do
 	w1 "tasks$p" "$p"
 	tfdw=$tasks_s
 	cpu=$cpu_ticks_used
+	anon=$anon_kb
 	[ "$p" -ge 4 ] && w1 "kept$p" "$p"
 	d=$(q -c "SELECT dblink_pool($N, $p, 'SELECT 1')")
 	dbl=$(echo "$N $d" | awk '{ printf "%.0f", $1 / $2 }')
@@ -186,6 +204,7 @@ for p in 1 2 4 8; do
 	row "W1 tasks/s, P=$p, reset_session off" "$tasks_s" "$dbl" "$pgb" "$(ratios "$tasks_s" "$dbl" "$pgb")"
 	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk '{ printf "%.3f", $1 / 100 / ($2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
+	row "W6 of which private, peak MB, P=$p" "$(echo "$anon" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" ""
 done
 
 # --- W2 latency: 200 single tasks one after another.
