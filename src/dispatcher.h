@@ -71,6 +71,7 @@ typedef struct Task
 	StringInfoData result;		/* JSON array text of the last row set */
 	int			result_rows;	/* rows kept in result */
 	bool		truncated;
+	bool		result_has_json;	/* it embeds json or jsonb values */
 	char	   *error;
 	char	   *sqlstate;
 	char	   *error_detail;

@@ -31,18 +31,19 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "storage/lmgr.h"
-#include "utils/lsyscache.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "pgstat.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
-#include "utils/fmgroids.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -661,6 +662,57 @@ notices_array(List *notices)
 }
 
 /*
+ * result_jsonb converts task's result to jsonb into *result and returns
+ * true.  The JSON text task_exec.c builds always converts, unless it embeds
+ * json values the remote sent, which can hold what jsonb cannot (a \u0000
+ * escape, a lone surrogate, a number beyond numeric's range): then the
+ * conversion runs in a subtransaction, and if it fails the result is not
+ * kept, a message among the task's notices says why, and false is
+ * returned.  An error here must not end the dispatcher, and with it every
+ * running task.
+ */
+static bool
+result_jsonb(Task *task, Datum *result)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool converted = false;
+
+	if (!task->result_has_json)
+	{
+		*result = DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data));
+		return true;
+	}
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		*result = DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data));
+		ReleaseCurrentSubTransaction();
+		converted = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(task->cxt);
+		task->notices = lappend(task->notices,
+								psprintf("task_fdw: the result was not kept: %s", edata->message));
+		FreeErrorData(edata);
+		/* Recorded once, even if the row must be written again later. */
+		task->has_result = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return converted;
+}
+
+/*
  * record_outcome writes what task's outcome is, state, into its row found
  * by w: final, or queued again for a retry at task->retry_at or, without
  * one, because the task was never sent, which a cancel committed meanwhile
@@ -671,6 +723,7 @@ static RowWrite
 record_outcome(RowWriter *w, Task *task, const char *state, const char **written)
 {
 	bool		queued;
+	Datum		result;
 
 	if (strcmp(state, TFDW_STATE_QUEUED) == 0 &&
 		!w->oldslot->tts_isnull[Anum_task_cancel_requested_at - 1])
@@ -699,10 +752,9 @@ record_outcome(RowWriter *w, Task *task, const char *state, const char **written
 		SET_COLUMN(w, Anum_task_rows, Int64GetDatum(task->rows));
 	else
 		SET_NULL(w, Anum_task_rows);
-	if (task->has_result)
+	if (task->has_result && result_jsonb(task, &result))
 	{
-		SET_COLUMN(w, Anum_task_result,
-				   DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data)));
+		SET_COLUMN(w, Anum_task_result, result);
 		SET_COLUMN(w, Anum_task_result_truncated, BoolGetDatum(task->truncated));
 	}
 	else

@@ -57,6 +57,8 @@ static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
 static void capture_error(Task *task, PGresult *res, PGconn *pgconn);
+static int	replace_invalid_bytes(char *s);
+static void make_text_valid(Task *task);
 static void append_json_value(StringInfo buf, PGresult *res, int col);
 static void receive_notice(void *arg, const PGresult *res);
 static void conn_cancel_io(Conn *conn, uint32 events);
@@ -662,6 +664,7 @@ capture_result(Task *task, PGresult *res)
 				task->rows = 0;
 				task->result_rows = 0;
 				task->truncated = false;
+				task->result_has_json = false;
 			}
 			appendStringInfoChar(&task->result, ']');
 			task->in_result = false;
@@ -705,6 +708,10 @@ capture_row(Task *task, PGresult *res)
 		task->rows = 0;
 		task->result_rows = 0;
 		task->truncated = false;
+		task->result_has_json = false;
+		for (col = 0; col < ncols; col++)
+			if (PQftype(res, col) == JSONOID || PQftype(res, col) == JSONBOID)
+				task->result_has_json = true;
 	}
 	task->rows++;
 	if (task->result_rows >= TaskFdwMaxResultRows ||
@@ -815,6 +822,66 @@ static char *
 task_strdup(Task *task, const char *s)
 {
 	return s ? MemoryContextStrdup(task->cxt, s) : NULL;
+}
+
+/*
+ * replace_invalid_bytes replaces, in place, each byte of s that does not
+ * start a valid character of the database's encoding by '?', and returns
+ * how many it replaced.  ASCII bytes are valid in every server encoding,
+ * so JSON text stays JSON.
+ */
+static int
+replace_invalid_bytes(char *s)
+{
+	int			encoding = GetDatabaseEncoding();
+	int			len = s ? strlen(s) : 0;
+	int			replaced = 0;
+
+	while (len > 0)
+	{
+		int			valid = pg_encoding_verifymbstr(encoding, s, len);
+
+		if (valid >= len)
+			break;
+		s[valid] = '?';
+		s += valid + 1;
+		len -= valid + 1;
+		replaced++;
+	}
+	return replaced;
+}
+
+/*
+ * make_text_valid makes the text a task captured valid in the database's
+ * encoding.  The dispatcher asks the remote for that encoding, but a task
+ * may set another client encoding (the remote reports the change only once
+ * the task's statements are over), and a remote database in SQL_ASCII
+ * sends its bytes as they are.  The store must hold valid text: bytes that
+ * are not are replaced by '?', and a message among the task's notices says
+ * so.  Checking costs little next to the rest of a task's bookkeeping.
+ */
+static void
+make_text_valid(Task *task)
+{
+	int			replaced = 0;
+	ListCell   *lc;
+
+	if (task->has_result)
+		replaced += replace_invalid_bytes(task->result.data);
+	replaced += replace_invalid_bytes(task->command_tag);
+	replaced += replace_invalid_bytes(task->error);
+	replaced += replace_invalid_bytes(task->sqlstate);
+	replaced += replace_invalid_bytes(task->error_detail);
+	replaced += replace_invalid_bytes(task->error_hint);
+	replaced += replace_invalid_bytes(task->error_context);
+	foreach(lc, task->notices)
+		replaced += replace_invalid_bytes((char *) lfirst(lc));
+	if (replaced > 0)
+		task->notices = lappend(task->notices,
+								psprintf(replaced == 1 ?
+										 "task_fdw: %d byte of the task's output was not valid in encoding %s and was stored as \"?\"" :
+										 "task_fdw: %d bytes of the task's output were not valid in encoding %s and were stored as \"?\"",
+										 replaced, GetDatabaseEncodingName()));
 }
 
 /*
@@ -1048,6 +1115,7 @@ TaskResolveOutcome(Task *task)
 		return task->final_state;
 	task->resolved = true;
 	old = MemoryContextSwitchTo(task->cxt);
+	make_text_valid(task);
 	if (task->notices_dropped > 0)
 		task->notices = lappend(task->notices,
 								psprintf("task_fdw: %d more messages were not kept",

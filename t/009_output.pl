@@ -1,0 +1,94 @@
+# What a task's output may hold that the task store cannot: text that is
+# not valid in the database's encoding (from a task that sets another
+# client_encoding), and json values that jsonb cannot hold.  Such output must neither end the dispatcher, which
+# would interrupt every running task, nor be stored as it came: invalid
+# bytes become "?", a result jsonb cannot hold is not kept, and the task's
+# notices say so.  The database is UTF8 whatever the cluster's default.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TaskFdwNode;
+
+$ENV{PGCLIENTENCODING} = 'UTF8';
+my $node = TaskFdwNode::new_node('output');
+$node->safe_psql('postgres', q{
+CREATE DATABASE u8 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+});
+$node->safe_psql('u8', q{
+CREATE EXTENSION task_fdw;
+CREATE SERVER loopback FOREIGN DATA WRAPPER task_fdw OPTIONS (dbname 'u8');
+CREATE USER MAPPING FOR CURRENT_USER SERVER loopback;
+IMPORT FOREIGN SCHEMA task_fdw FROM SERVER loopback INTO public;
+});
+
+# Runs the tasks of SQL texts @sqls from one INSERT, and returns their rows
+# as "state|rows|result|error|detail|hint|notices", one line per task, in
+# order.
+sub run_tasks
+{
+	my @sqls = @_;
+	my $values = join(', ', map { "(\$sql\$$_\$sql\$)" } @sqls);
+	my $ids = $node->safe_psql('u8', "INSERT INTO tasks(sql) VALUES $values RETURNING id");
+	$ids =~ s/\n/,/g;
+	$node->safe_psql('u8', "SELECT count(*) FROM task_fdw.wait(ARRAY[$ids], '60s')");
+	return split /\n/, $node->safe_psql('u8', qq{
+SELECT concat_ws('|', state, coalesce(rows::text, ''), coalesce(result::text, ''),
+                 coalesce(error, ''), coalesce(error_detail, ''), coalesce(error_hint, ''),
+                 coalesce(array_to_string(notices, ' / '), ''))
+  FROM tasks WHERE id IN ($ids) ORDER BY id});
+}
+
+# The dispatcher starts with the first task; the others must run on it.
+my $log_offset = -s $node->logfile;
+is(join(',', run_tasks(q{SELECT 1 AS one})), 'done|1|[{"one": 1}]||||', 'a first task runs');
+my $dispatcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'u8'");
+
+# --- Text in another client encoding.
+my @rows = run_tasks(
+	q{SET client_encoding = 'LATIN1'; SELECT 'é' AS x, 'aéb' AS "cé"},
+	q{SET client_encoding = 'LATIN1'; DO $d$ BEGIN RAISE NOTICE 'né'; RAISE EXCEPTION 'bad é' USING DETAIL = 'dé', HINT = 'hé'; END $d$},
+	q{SELECT 'é' AS x});
+is($rows[0],
+	'done|1|[{"x": "?", "c?": "a?b"}]||||task_fdw: 3 bytes of the task\'s output were not valid in encoding UTF8 and were stored as "?"',
+	'a row set in LATIN1 is stored with "?" for each invalid byte, and a notice says so');
+is($rows[1],
+	'failed|||bad ?|d?|h?|NOTICE:  n? / task_fdw: 4 bytes of the task\'s output were not valid in encoding UTF8 and were stored as "?"',
+	'so are an error and a notice in LATIN1');
+is($rows[2], 'done|1|[{"x": "é"}]||||', 'valid text is stored as it is, without a notice');
+
+# The encoding set and set back: the change is never reported, and the
+# output in between is still checked.
+@rows = run_tasks(
+	q{SET client_encoding = 'LATIN1'; DO $d$ BEGIN RAISE NOTICE 'né'; END $d$; SET client_encoding = 'UTF8'});
+is($rows[0], 'done||||||NOTICE:  n? / task_fdw: 1 byte of the task\'s output was not valid in encoding UTF8 and was stored as "?"',
+	'output in another encoding is found even when the task sets the encoding back');
+
+# --- json values that jsonb cannot hold.
+@rows = run_tasks(
+	q{SELECT '"\u0000"'::json AS j},
+	q{SELECT '1e999999'::json AS j},
+	q{SELECT '"\ud800"'::json AS j, 1 AS n},
+	q{SELECT '{"a": "\u00e9", "b": [1, 2.50]}'::json AS j, '{"k": null}'::jsonb AS b});
+is($rows[0], 'done|1|||||task_fdw: the result was not kept: unsupported Unicode escape sequence',
+	'a json \u0000 escape: the task is done, its result is not kept, and a notice says why');
+is($rows[1], 'done|1|||||task_fdw: the result was not kept: value overflows numeric format',
+	'a json number beyond numeric: likewise');
+is($rows[2], 'done|1|||||task_fdw: the result was not kept: invalid input syntax for type json',
+	'a json lone surrogate: likewise');
+is($rows[3], 'done|1|[{"b": {"k": null}, "j": {"a": "é", "b": [1, 2.50]}}]||||',
+	'json and jsonb values jsonb can hold are embedded as they are');
+
+# --- None of it ended the dispatcher.
+is($node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'u8'"),
+	$dispatcher, 'the same dispatcher ran all the tasks');
+unlike(substr(slurp_file($node->logfile), $log_offset),
+	qr/\[$dispatcher\] ERROR|exited with exit code/, 'which logged no error');
+
+$node->stop;
+done_testing();
