@@ -132,14 +132,15 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
 # VmHWM counts the pages of shared_buffers the dispatcher touched, shared
 # with every backend.  Its private memory (RssAnon) has no high-water mark:
-# sample_anon PID samples it every 10 ms into $dir/anon_kb, as the largest
-# value seen, until killed.
+# sample_anon PID samples it every 50 ms, with shell built-ins only, and
+# writes the largest value seen to $dir/anon_kb, until killed.
 sample_anon() {
-	echo 0 > "$dir/anon_kb"
-	while :; do
-		awk -v f="$dir/anon_kb" '/^RssAnon/ { getline m < f; if ($2 > m + 0) { print $2 > f } }' \
-			"/proc/$1/status" || return 0
-		sleep 0.01
+	peak=0
+	while [ -r "/proc/$1/status" ]; do
+		while read -r key kb _; do
+			[ "$key" = RssAnon: ] && [ "$kb" -gt "$peak" ] && peak=$kb && echo "$peak" > "$dir/anon_kb"
+		done < "/proc/$1/status"
+		sleep 0.05
 	done
 }
 echo 'SELECT 1;' > "$dir/select1.sql"
@@ -171,6 +172,7 @@ w1() {
 	q -c "SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM $1))" >/dev/null
 	pid=$(dispatcher_pid)
 	cpu0=$(cpu_ticks "$pid")
+	echo 0 > "$dir/anon_kb"
 	sample_anon "$pid" &
 	sampler=$!
 	t=$(q <<SQL
