@@ -662,14 +662,21 @@ notices_array(List *notices)
 }
 
 /*
+ * Results of JSON text this large may exceed what jsonb can hold (its
+ * binary form can be several times larger), so they are converted in a
+ * subtransaction.
+ */
+#define JSONB_SAFE_BYTES	(16 * 1024 * 1024)
+
+/*
  * result_jsonb converts task's result to jsonb into *result and returns
  * true.  The JSON text task_exec.c builds always converts, unless it embeds
  * json values the remote sent, which can hold what jsonb cannot (a \u0000
- * escape, a lone surrogate, a number beyond numeric's range): then the
- * conversion runs in a subtransaction, and if it fails the result is not
- * kept, a message among the task's notices says why, and false is
- * returned.  An error here must not end the dispatcher, and with it every
- * running task.
+ * escape, a lone surrogate, a number beyond numeric's range), or is larger
+ * than JSONB_SAFE_BYTES: then the conversion runs in a subtransaction, and
+ * if it fails the result is not kept, a message among the task's notices
+ * says why, and false is returned.  An error here must not end the
+ * dispatcher, and with it every running task.
  */
 static bool
 result_jsonb(Task *task, Datum *result)
@@ -678,7 +685,7 @@ result_jsonb(Task *task, Datum *result)
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool converted = false;
 
-	if (!task->result_has_json)
+	if (!task->result_has_json && task->result.len <= JSONB_SAFE_BYTES)
 	{
 		*result = DirectFunctionCall1(jsonb_in, CStringGetDatum(task->result.data));
 		return true;

@@ -58,6 +58,8 @@ static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
 static void capture_error(Task *task, PGresult *res, PGconn *pgconn);
 static int	replace_invalid_bytes(char *s);
+static bool row_fits(Task *task, PGresult *res);
+static int64 escaped_length(const char *s);
 static void make_text_valid(Task *task);
 static void append_json_value(StringInfo buf, PGresult *res, int col);
 static void receive_notice(void *arg, const PGresult *res);
@@ -714,8 +716,8 @@ capture_row(Task *task, PGresult *res)
 				task->result_has_json = true;
 	}
 	task->rows++;
-	if (task->result_rows >= TaskFdwMaxResultRows ||
-		task->result.len >= TaskFdwMaxResultBytes)
+	if (task->truncated || task->result_rows >= TaskFdwMaxResultRows ||
+		!row_fits(task, res))
 	{
 		task->truncated = true;
 		return;
@@ -734,6 +736,56 @@ capture_row(Task *task, PGresult *res)
 	}
 	appendStringInfoChar(&task->result, '}');
 	task->result_rows++;
+}
+
+/*
+ * row_fits returns whether res's row, as JSON, fits in what is left of
+ * task_fdw.max_result_bytes in the task's result.  Only a row that fits is
+ * kept, so the result never grows past the limit, however large one row.
+ * The row's bytes are counted as if each needed a \u escape, and only a
+ * row that might not fit that way is measured exactly.
+ */
+static bool
+row_fits(Task *task, PGresult *res)
+{
+	int			ncols = PQnfields(res);
+	int64		room = (int64) TaskFdwMaxResultBytes - task->result.len;
+	int64		bytes = 2;		/* {} */
+	int			col;
+
+	for (col = 0; col < ncols; col++)
+		bytes += PQgetlength(res, 0, col) + strlen(PQfname(res, col)) + 8;
+	if (bytes * 6 <= room)
+		return true;
+	if (bytes > room)
+		return false;
+	bytes = 2;
+	for (col = 0; col < ncols; col++)
+		bytes += escaped_length(PQgetvalue(res, 0, col)) +
+			escaped_length(PQfname(res, col)) + 8;
+	return bytes <= room;
+}
+
+/*
+ * escaped_length returns how many bytes s takes as a JSON string, quotes
+ * excluded, at most.
+ */
+static int64
+escaped_length(const char *s)
+{
+	int64		n = 0;
+
+	for (; *s; s++)
+	{
+		if (*s == '"' || *s == '\\' || *s == '\b' || *s == '\f' ||
+			*s == '\n' || *s == '\r' || *s == '\t')
+			n += 2;
+		else if ((unsigned char) *s < ' ')
+			n += 6;
+		else
+			n++;
+	}
+	return n;
 }
 
 /*

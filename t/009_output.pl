@@ -4,6 +4,8 @@
 # would interrupt every running task, nor be stored as it came: invalid
 # bytes become "?", a result jsonb cannot hold is not kept, and the task's
 # notices say so.  The database is UTF8 whatever the cluster's default.
+# Last, results stay within task_fdw.max_result_bytes (1kB here) however
+# large one row is.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -14,7 +16,7 @@ use lib $FindBin::RealBin;
 use TaskFdwNode;
 
 $ENV{PGCLIENTENCODING} = 'UTF8';
-my $node = TaskFdwNode::new_node('output');
+my $node = TaskFdwNode::new_node('output', "task_fdw.max_result_bytes = '1kB'\n");
 $node->safe_psql('postgres', q{
 CREATE DATABASE u8 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 });
@@ -82,6 +84,31 @@ is($rows[2], 'done|1|||||task_fdw: the result was not kept: invalid input syntax
 	'a json lone surrogate: likewise');
 is($rows[3], 'done|1|[{"b": {"k": null}, "j": {"a": "é", "b": [1, 2.50]}}]||||',
 	'json and jsonb values jsonb can hold are embedded as they are');
+
+# --- task_fdw.max_result_bytes: a row that would take the result past it is
+# not kept, nor are the rows after it, and they are all counted.  kept()
+# runs one task and returns "state rows kept truncated within-the-limit".
+sub kept
+{
+	my ($sql) = @_;
+	my $id = $node->safe_psql('u8', "INSERT INTO tasks(sql) VALUES (\$sql\$$sql\$sql\$) RETURNING id");
+	$node->safe_psql('u8', "SELECT task_fdw.wait($id, '60s')");
+	return $node->safe_psql('u8', qq{
+SELECT concat_ws(' ', state, rows, jsonb_array_length(result), result_truncated,
+                 octet_length(result::text) <= 1024)
+  FROM tasks WHERE id = $id});
+}
+my @sizes = map { kept($_) } (
+	q{SELECT repeat('x', 2000) AS big},
+	q{SELECT g, repeat('y', 300) AS pad FROM generate_series(1, 10) g},
+	q{SELECT repeat(chr(1), 200) AS c},
+	q{SELECT repeat(chr(1), 150) AS c},
+	q{SELECT 1 AS a UNION ALL SELECT 2 UNION ALL SELECT 3});
+is($sizes[0], 'done 1 0 t t', 'a row larger than the limit is counted, not kept');
+is($sizes[1], 'done 10 3 t t', 'of ten rows of 300 bytes, the three that fit are kept');
+is($sizes[2], 'done 1 0 t t', 'a row whose escapes would take it past the limit is not kept');
+is($sizes[3], 'done 1 1 f t', 'one whose escapes fit is');
+is($sizes[4], 'done 3 3 f t', 'small results are kept whole');
 
 # --- None of it ended the dispatcher.
 is($node->safe_psql('postgres',
