@@ -130,6 +130,27 @@ RESET client_min_messages;
 SELECT task_fdw.wait(300000 + :doomed_id, '30s');
 SELECT id - 300000 AS n, state, attempts, sqlstate, error FROM task_fdw.task WHERE id = 300000 + :doomed_id;
 
+-- a role dropped while its task is queued (nothing ties a task to its role,
+-- and a PUBLIC mapping does not stop DROP ROLE): the task fails clearly, and
+-- the dispatcher goes on
+CREATE ROLE regress_gone SUPERUSER;
+CREATE SERVER orphaned FOREIGN DATA WRAPPER task_fdw;
+CREATE USER MAPPING FOR PUBLIC SERVER orphaned;
+CREATE FOREIGN TABLE orphaned_tasks (id bigint, sql text) SERVER orphaned;
+BEGIN;
+SET LOCAL ROLE regress_gone;
+INSERT INTO orphaned_tasks(sql) VALUES ('SELECT 1') RETURNING id - 300000 AS orphan_id \gset
+RESET ROLE;
+DROP ROLE regress_gone;
+COMMIT;
+SELECT task_fdw.wait(300000 + :orphan_id, '60s');
+SELECT state, attempts, sqlstate, error FROM task_fdw.task WHERE id = 300000 + :orphan_id;
+CALL run_bad('SELECT 1 AS after_orphan');
+SELECT state FROM task_fdw.task WHERE sql = 'SELECT 1 AS after_orphan';
+SET client_min_messages = warning;  -- the notice would name the superuser
+DROP SERVER orphaned CASCADE;
+RESET client_min_messages;
+
 DROP PROCEDURE run_bad;
 DROP TABLE bad_side;
 SET client_min_messages = warning;  -- the notice would name the superuser

@@ -416,6 +416,16 @@ PoolConnect(Pool *pool)
 		PoolFailHeld(pool, "08001", "the foreign server of the task was dropped", NULL, NULL);
 		return;
 	}
+	/*
+	 * Nothing ties a task to its role: a role with a PUBLIC mapping can be
+	 * dropped while its tasks are queued.
+	 */
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)))
+	{
+		PoolFailHeld(pool, "42704", "the role that submitted the task was dropped",
+					 NULL, NULL);
+		return;
+	}
 	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
 	{
 		PoolFailHeld(pool, "28000",
