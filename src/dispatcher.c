@@ -172,6 +172,44 @@ dispatcher_exit(int code, Datum arg)
 }
 
 /*
+ * Settings the dispatcher's own transactions run with, whatever ALTER
+ * DATABASE or ALTER ROLE SET says for the database.  The dispatcher has no
+ * way to recover from an error: an error in its bookkeeping ends it, and
+ * with it every running task, again at each restart.
+ */
+static const struct
+{
+	const char *name;
+	const char *value;
+}			dispatcher_settings[] =
+{
+	/* Its statements name everything in full; nothing may stand in anyway. */
+	{"search_path", "pg_catalog, pg_temp"},
+
+	/*
+	 * Its statements touch a few rows each through the task store's indexes,
+	 * with generic plans made once.  Made while the store is small (a new
+	 * installation), a plan would otherwise scan the whole table or hash it,
+	 * and keep doing so as the table grows until the next ANALYZE.
+	 */
+	{"enable_seqscan", "off"},
+	{"enable_hashjoin", "off"},
+	{"enable_mergejoin", "off"},
+
+	/*
+	 * It writes task rows that sessions update and delete concurrently: it
+	 * must be able to write, and handles concurrent changes itself, as read
+	 * committed lets it.  Its transactions are short and never idle.
+	 */
+	{"default_transaction_read_only", "off"},
+	{"default_transaction_isolation", "read committed"},
+	{"default_transaction_deferrable", "off"},
+	{"statement_timeout", "0"},
+	{"lock_timeout", "0"},
+	{"idle_in_transaction_session_timeout", "0"},
+};
+
+/*
  * TaskFdwDispatcherMain is the entry point of a dispatcher; its argument is
  * the OID of the database it serves.
  */
@@ -181,6 +219,7 @@ TaskFdwDispatcherMain(Datum main_arg)
 	Oid			dboid = DatumGetObjectId(main_arg);
 	bool		installed;
 	int			interrupted;
+	int			i;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -188,18 +227,9 @@ TaskFdwDispatcherMain(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("task_fdw dispatcher");
-	/* Its statements name everything in full; nothing may stand in anyway. */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-
-	/*
-	 * Its statements touch a few rows each through the task store's indexes,
-	 * with generic plans made once.  Made while the store is small (a new
-	 * installation), a plan would otherwise scan the whole table or hash it,
-	 * and keep doing so as the table grows until the next ANALYZE.
-	 */
-	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("enable_hashjoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("enable_mergejoin", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	for (i = 0; i < lengthof(dispatcher_settings); i++)
+		SetConfigOption(dispatcher_settings[i].name, dispatcher_settings[i].value,
+						PGC_SUSET, PGC_S_OVERRIDE);
 
 	my_slot = TaskFdwSlotAttach(dboid);
 	if (my_slot == NULL)

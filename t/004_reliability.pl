@@ -184,6 +184,39 @@ SELECT count(*) = 1 FROM pg_stat_activity
  WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid}),
 	'a dispatcher terminated with pg_terminate_backend comes back by itself');
 
+# --- Settings of the database that would make the dispatcher's own
+# transactions fail (it would exit, and fail again at each restart): it runs
+# with its own.  The loopback's task sessions get them, and a SELECT runs
+# read-only all the same.
+$node->safe_psql('postgres', q{
+ALTER DATABASE postgres SET default_transaction_read_only = on;
+ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
+ALTER DATABASE postgres SET lock_timeout = '1ms';
+});
+$old_pid = dispatcher_pid();
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+$node->poll_query_until('postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid})
+  or die 'the dispatcher did not come back';
+my $restarted_pid = dispatcher_pid();
+my $ro = $node->safe_psql('postgres', q{
+SET default_transaction_read_only = off;
+INSERT INTO tasks(sql) SELECT 'SELECT current_setting(''transaction_read_only'') AS ro'
+  FROM generate_series(1, 20) RETURNING id});
+$ro =~ s/\n/,/g;
+is($node->safe_psql('postgres', qq{
+SELECT string_agg(DISTINCT t.state || ' ' || (t.result->0->>'ro'), ',')
+  FROM task_fdw.wait(ARRAY[$ro], '60s') w JOIN tasks t USING (id)}),
+	'done on', 'with the database read-only, serializable and a 1 ms lock_timeout, tasks run and are recorded');
+is(dispatcher_pid(), $restarted_pid, 'by the same dispatcher');
+$node->safe_psql('postgres', q{
+SET default_transaction_read_only = off;
+ALTER DATABASE postgres RESET default_transaction_read_only;
+ALTER DATABASE postgres RESET default_transaction_isolation;
+ALTER DATABASE postgres RESET lock_timeout;
+});
+
 # --- task_fdw.max_connections caps all pools together; tasks wait, they do not fail.
 # With rechecks of the queue an hour apart, the tasks must run through the
 # dispatcher's own bookkeeping: none may be left queued until a recheck.
