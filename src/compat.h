@@ -84,6 +84,16 @@ TFDW_DEFINE_WAIT_EVENT(tfdw_wait_event_task, "TaskFdwWait")
 #endif
 
 /*
+ * Settings the dispatcher overrides that only some versions have (see
+ * dispatcher_settings): transaction_timeout appeared in PostgreSQL 17.
+ */
+#if PG_VERSION_NUM >= 170000
+#define TFDW_VERSION_SETTINGS {"transaction_timeout", "0"},
+#else
+#define TFDW_VERSION_SETTINGS
+#endif
+
+/*
  * table_tuple_update, without waiting for a row lock, as of now: its
  * update_indexes became a TU_UpdateIndexes in PostgreSQL 16.  The task
  * store has no summarizing (BRIN) indexes, so an update either needs new

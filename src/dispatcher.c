@@ -207,6 +207,19 @@ static const struct
 	{"statement_timeout", "0"},
 	{"lock_timeout", "0"},
 	{"idle_in_transaction_session_timeout", "0"},
+	TFDW_VERSION_SETTINGS
+
+	/*
+	 * It runs as the bootstrap superuser, not as a role ALTER DATABASE ...
+	 * SET role names (PUBLIC has no privilege on the task store).
+	 */
+	{"role", "none"},
+
+	/*
+	 * It reads interval options of servers (connect_retry_timeout) as the
+	 * validator did, in the postgres style.
+	 */
+	{"IntervalStyle", "postgres"},
 };
 
 /*

@@ -44,6 +44,7 @@ static HTAB *pools = NULL;
 
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
 static bool user_mapping_exists(Oid userid, Oid serverid);
+static bool pool_read_options(Pool *pool, ForeignServer *server, TaskServerOptions *opts);
 static void pool_set_error(Pool *pool, const char *message, TimestampTz at);
 static bool pool_takes_ahead(Conn *conn, TimestampTz now);
 static void pool_expire_held(Pool *pool, TimestampTz now);
@@ -393,6 +394,40 @@ user_mapping_exists(Oid userid, Oid serverid)
 }
 
 /*
+ * pool_read_options reads server's task_fdw options into opts and returns
+ * true, or fails pool's held tasks with the error and returns false.  The
+ * options were valid when stored, but a value an older version accepted
+ * may no longer be, and an error here would end the dispatcher (and would
+ * again after each restart).  Parsing holds no resources, so dropping the
+ * error is enough.
+ */
+static bool
+pool_read_options(Pool *pool, ForeignServer *server, TaskServerOptions *opts)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		TaskFdwGetServerOptions(server, opts);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	if (edata == NULL)
+		return true;
+	PoolFailHeld(pool, unpack_sql_state(edata->sqlerrcode),
+				 psprintf("server \"%s\": %s", server->servername, edata->message),
+				 NULL, "Correct the option with ALTER SERVER.");
+	FreeErrorData(edata);
+	return false;
+}
+
+/*
  * PoolConnect starts the connections pool needs for its held tasks, within
  * pool_size.  Runs inside a dispatcher transaction, as it reads the catalogs;
  * starting a connection does not wait for it.
@@ -443,7 +478,8 @@ PoolConnect(Pool *pool)
 	}
 	pool->require_password = TaskFdwPasswordRequired(user);
 	pool_note_names(pool, server);
-	TaskFdwGetServerOptions(server, &opts);
+	if (!pool_read_options(pool, server, &opts))
+		return;
 	pool->pool_size = opts.pool_size;
 	pool->connect_timeout = opts.connect_timeout;
 	pool->connect_retry_timeout = opts.connect_retry_timeout;
@@ -671,7 +707,8 @@ PoolStartCancel(Pool *pool, int remote_pid)
 	ForeignServer *server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
 	Conn	   *conn;
 
-	if (server == NULL || !user_mapping_exists(pool->key.userid, pool->key.serverid))
+	if (server == NULL || !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)) ||
+		!user_mapping_exists(pool->key.userid, pool->key.serverid))
 		return;
 	pool_note_names(pool, server);
 	conn = pool_open_conn(pool, server, 0, remote_pid);

@@ -868,12 +868,32 @@ is_json_number(const char *s)
 }
 
 /*
- * task_strdup copies s into the task's memory context (NULL stays NULL).
+ * Longest error field or command tag kept, in bytes.  Results and notices
+ * have limits of their own; a remote error can quote a value of any size
+ * (invalid input syntax for type integer: "...").
+ */
+#define MAX_FIELD_BYTES		(64 * 1024)
+
+/*
+ * task_strdup copies s into the task's memory context (NULL stays NULL),
+ * clipped to MAX_FIELD_BYTES at a character boundary.
  */
 static char *
 task_strdup(Task *task, const char *s)
 {
-	return s ? MemoryContextStrdup(task->cxt, s) : NULL;
+	MemoryContext old;
+	char	   *copy;
+	int			len;
+
+	if (s == NULL)
+		return NULL;
+	len = strlen(s);
+	if (len > MAX_FIELD_BYTES)
+		len = pg_mbcliplen(s, len, MAX_FIELD_BYTES);
+	old = MemoryContextSwitchTo(task->cxt);
+	copy = pnstrdup(s, len);
+	MemoryContextSwitchTo(old);
+	return copy;
 }
 
 /*

@@ -187,31 +187,38 @@ SELECT count(*) = 1 FROM pg_stat_activity
 # --- Settings of the database that would make the dispatcher's own
 # transactions fail (it would exit, and fail again at each restart): it runs
 # with its own.  The loopback's task sessions get them, and a SELECT runs
-# read-only all the same.
+# read-only all the same.  The test's own sessions, which get them too,
+# start with SET ROLE NONE where they need to be the superuser.
 $node->safe_psql('postgres', q{
+CREATE ROLE regress_db_owner NOLOGIN IN ROLE pg_read_all_stats;
+ALTER DATABASE postgres SET role = 'regress_db_owner';
 ALTER DATABASE postgres SET default_transaction_read_only = on;
 ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
 ALTER DATABASE postgres SET lock_timeout = '1ms';
 });
 $old_pid = dispatcher_pid();
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+$node->safe_psql('postgres', "SET ROLE NONE; SELECT pg_terminate_backend($old_pid)");
 $node->poll_query_until('postgres', qq{
 SELECT count(*) = 1 FROM pg_stat_activity
  WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid})
   or die 'the dispatcher did not come back';
 my $restarted_pid = dispatcher_pid();
 my $ro = $node->safe_psql('postgres', q{
+SET ROLE NONE;
 SET default_transaction_read_only = off;
 INSERT INTO tasks(sql) SELECT 'SELECT current_setting(''transaction_read_only'') AS ro'
   FROM generate_series(1, 20) RETURNING id});
 $ro =~ s/\n/,/g;
 is($node->safe_psql('postgres', qq{
+SET ROLE NONE;
 SELECT string_agg(DISTINCT t.state || ' ' || (t.result->0->>'ro'), ',')
   FROM task_fdw.wait(ARRAY[$ro], '60s') w JOIN tasks t USING (id)}),
-	'done on', 'with the database read-only, serializable and a 1 ms lock_timeout, tasks run and are recorded');
+	'done on', 'with the database read-only, serializable, a 1 ms lock_timeout and a role set, tasks run and are recorded');
 is(dispatcher_pid(), $restarted_pid, 'by the same dispatcher');
 $node->safe_psql('postgres', q{
+SET ROLE NONE;
 SET default_transaction_read_only = off;
+ALTER DATABASE postgres RESET role;
 ALTER DATABASE postgres RESET default_transaction_read_only;
 ALTER DATABASE postgres RESET default_transaction_isolation;
 ALTER DATABASE postgres RESET lock_timeout;

@@ -110,6 +110,30 @@ is($sizes[2], 'done 1 0 t t', 'a row whose escapes would take it past the limit 
 is($sizes[3], 'done 1 1 f t', 'one whose escapes fit is');
 is($sizes[4], 'done 3 3 f t', 'small results are kept whole');
 
+# --- An error that quotes a 100,000-byte value is kept clipped to 64 kB.
+my $long = $node->safe_psql('u8',
+	q{INSERT INTO tasks(sql) VALUES ($$SELECT repeat('x', 100000)::int$$) RETURNING id});
+$node->safe_psql('u8', "SELECT task_fdw.wait($long, '60s')");
+is($node->safe_psql('u8', qq{
+SELECT concat_ws(' ', state, sqlstate, octet_length(error), left(error, 42)) FROM tasks WHERE id = $long}),
+	'failed 22P02 65536 invalid input syntax for type integer: "xx',
+	'an error quoting a 100,000-byte value is kept, clipped to 64 kB');
+
+# --- A server option stored with a value the options no longer accept (as
+# an older version might have): the server's tasks fail with the error.
+$node->safe_psql('u8', q{
+CREATE SERVER badopt FOREIGN DATA WRAPPER task_fdw OPTIONS (dbname 'u8', pool_size '2');
+CREATE USER MAPPING FOR CURRENT_USER SERVER badopt;
+UPDATE pg_foreign_server SET srvoptions = '{dbname=u8,pool_size=two}' WHERE srvname = 'badopt';
+});
+my $badopt = $node->safe_psql('u8',
+	"INSERT INTO tasks(sql, server) VALUES ('SELECT 1', 'badopt') RETURNING id");
+$node->safe_psql('u8', "SELECT task_fdw.wait($badopt, '60s')");
+is($node->safe_psql('u8', "SELECT concat_ws(' | ', state, sqlstate, error, error_hint) FROM tasks WHERE id = $badopt"),
+	'failed | HV024 | server "badopt": invalid value for option "pool_size": "two" | Correct the option with ALTER SERVER.',
+	'a task of a server with an option no longer valid fails with the option error');
+is(join(',', run_tasks(q{SELECT 2 AS two})), 'done|1|[{"two": 2}]||||', 'and the other servers\' tasks still run');
+
 # --- None of it ended the dispatcher.
 is($node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'u8'"),
