@@ -151,6 +151,17 @@ SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER orphaned CASCADE;
 RESET client_min_messages;
 
+-- a connect_timeout of more than 24 days (in seconds) does not overflow into
+-- a deadline already past
+CREATE SERVER patient FOREIGN DATA WRAPPER task_fdw OPTIONS (connect_timeout '3000000');
+CREATE USER MAPPING FOR CURRENT_USER SERVER patient;
+CREATE FOREIGN TABLE patient_tasks (id bigint, sql text) SERVER patient;
+INSERT INTO patient_tasks(sql) VALUES ('SELECT 1') RETURNING id - 300000 AS patient_id \gset
+SELECT task_fdw.wait(300000 + :patient_id, '60s');
+SET client_min_messages = warning;  -- the notice would name the superuser
+DROP SERVER patient CASCADE;
+RESET client_min_messages;
+
 DROP PROCEDURE run_bad;
 DROP TABLE bad_side;
 SET client_min_messages = warning;  -- the notice would name the superuser

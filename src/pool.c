@@ -792,7 +792,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	dlist_init(&conn->ahead);
 	if (pool->connect_timeout > 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 pool->connect_timeout * 1000);
+													 (int64) pool->connect_timeout * 1000);
 	else if (cancel_pid != 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
 	PQsetnonblocking(pgconn, 1);
