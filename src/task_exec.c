@@ -831,12 +831,17 @@ append_json_value(StringInfo buf, PGresult *res, int col)
 }
 
 /*
- * is_json_number returns whether s is a number as JSON writes numbers.
+ * is_json_number returns whether s is a number as JSON writes numbers, and
+ * one that jsonb can hold: at most numeric's 131072 digits before the
+ * point and 16383 after it, and, with an exponent, a short mantissa and an
+ * exponent of at most three digits (numeric's limit is 1000).  What a
+ * PostgreSQL server sends always is; anything else goes as a string.
  */
 static bool
 is_json_number(const char *s)
 {
 	const char *p = s;
+	const char *start;
 
 	if (*p == '-')
 		p++;
@@ -844,25 +849,36 @@ is_json_number(const char *s)
 		return false;
 	if (*p == '0' && isdigit((unsigned char) p[1]))
 		return false;
+	start = p;
 	while (isdigit((unsigned char) *p))
 		p++;
+	if (p - start > 131072)
+		return false;
 	if (*p == '.')
 	{
 		p++;
 		if (!isdigit((unsigned char) *p))
 			return false;
+		start = p;
 		while (isdigit((unsigned char) *p))
 			p++;
+		if (p - start > 16383)
+			return false;
 	}
 	if (*p == 'e' || *p == 'E')
 	{
+		if (p - s > 32)
+			return false;
 		p++;
 		if (*p == '+' || *p == '-')
 			p++;
 		if (!isdigit((unsigned char) *p))
 			return false;
+		start = p;
 		while (isdigit((unsigned char) *p))
 			p++;
+		if (p - start > 3)
+			return false;
 	}
 	return *p == '\0';
 }

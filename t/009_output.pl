@@ -84,6 +84,10 @@ is($rows[2], 'done|1|||||task_fdw: the result was not kept: invalid input syntax
 	'a json lone surrogate: likewise');
 is($rows[3], 'done|1|[{"b": {"k": null}, "j": {"a": "é", "b": [1, 2.50]}}]||||',
 	'json and jsonb values jsonb can hold are embedded as they are');
+@rows = run_tasks(q{SELECT 1.5e300::float8 AS f, 1e-06::float8 AS e, (10::numeric ^ 60) AS n});
+is($rows[0], 'done|1|[{"e": 0.000001, "f": 15' . ('0' x 299)
+	  . ', "n": 1' . ('0' x 60) . '.' . ('0' x 16) . '}]||||',
+	'numbers with exponents and long numerics stay numbers (jsonb writes them out)');
 
 # --- task_fdw.max_result_bytes: a row that would take the result past it is
 # not kept, nor are the rows after it, and they are all counted.  kept()
