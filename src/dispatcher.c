@@ -582,12 +582,20 @@ send_due_cancels(List *running, TimestampTz now)
 	{
 		Task	   *task = lfirst(lc);
 		TimestampTz at = cancel_due_at(task);
+		const char *problem;
 
 		if (at == 0 || now < at)
 			continue;
 		if (task->cancel_reason == TASK_CANCEL_NONE)
 			task->cancel_reason = TASK_CANCEL_TIMEOUT;
-		PoolStartCancel(task->pool, task->remote_pid);
+		problem = PoolStartCancel(task->pool, task->remote_pid);
+		if (problem != NULL && !task->cancel_problem_logged)
+		{
+			ereport(LOG,
+					(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
+							task->id, problem)));
+			task->cancel_problem_logged = true;
+		}
 		task->cancel_at = TimestampTzPlusMilliseconds(now, CANCEL_RESEND_MS);
 	}
 }

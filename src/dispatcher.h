@@ -57,6 +57,7 @@ typedef struct Task
 	TimestampTz deadline;		/* when it times out, or 0 */
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
+	bool		cancel_problem_logged;	/* said once that it cannot be cancelled */
 
 	/* outcome */
 	const char *final_state;	/* TFDW_STATE_DONE or TFDW_STATE_FAILED */
@@ -202,7 +203,7 @@ extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
 						 const char *detail, const char *hint);
 extern void PoolRetireIdle(void);
 extern void PoolCloseAll(void);
-extern void PoolStartCancel(Pool *pool, int remote_pid);
+extern const char *PoolStartCancel(Pool *pool, int remote_pid);
 extern void PoolUnreachable(Pool *pool, const char *message);
 extern void PoolReachable(Pool *pool);
 extern void PoolRefused(Pool *pool, const char *message);

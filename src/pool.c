@@ -699,21 +699,27 @@ pool_close_idle_elsewhere(Pool *pool)
  * PoolStartCancel opens a canceller: a connection of pool that asks the
  * remote to cancel the statement of backend remote_pid, then closes.  It
  * uses the pool's own credentials, so it may cancel the pool's backends
- * and nothing else.  Runs inside a dispatcher transaction.
+ * and nothing else.  Returns NULL, or why no canceller can be opened: the
+ * server, the role or its user mapping is gone.  Runs inside a dispatcher
+ * transaction.
  */
-void
+const char *
 PoolStartCancel(Pool *pool, int remote_pid)
 {
 	ForeignServer *server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
 	Conn	   *conn;
 
-	if (server == NULL || !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)) ||
-		!user_mapping_exists(pool->key.userid, pool->key.serverid))
-		return;
+	if (server == NULL)
+		return "its server was dropped";
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)))
+		return "the role that submitted it was dropped";
+	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
+		return "the user mapping of the role that submitted it was dropped";
 	pool_note_names(pool, server);
 	conn = pool_open_conn(pool, server, 0, remote_pid);
 	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);
+	return NULL;
 }
 
 /*

@@ -5,7 +5,8 @@
 # bytes become "?", a result jsonb cannot hold is not kept, and the task's
 # notices say so.  The database is UTF8 whatever the cluster's default.
 # Last, results stay within task_fdw.max_result_bytes (1kB here) however
-# large one row is.
+# large one row is, and a task whose role was dropped while it ran cannot be
+# cancelled, which the dispatcher logs instead of failing on.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -137,6 +138,31 @@ is($node->safe_psql('u8', "SELECT concat_ws(' | ', state, sqlstate, error, error
 	'failed | HV024 | server "badopt": invalid value for option "pool_size": "two" | Correct the option with ALTER SERVER.',
 	'a task of a server with an option no longer valid fails with the option error');
 is(join(',', run_tasks(q{SELECT 2 AS two})), 'done|1|[{"two": 2}]||||', 'and the other servers\' tasks still run');
+
+# --- A running task whose role was dropped cannot be cancelled: no
+# canceller can log in for it.  The dispatcher says so once, and the task
+# runs until it ends.
+$node->safe_psql('u8', q{
+CREATE ROLE regress_leaving SUPERUSER LOGIN;
+CREATE USER MAPPING FOR PUBLIC SERVER loopback;
+});
+my $gate = $node->background_psql('u8');
+$gate->query_safe('SELECT pg_advisory_lock(77)');
+my $leaving = $node->safe_psql('u8', q{
+SET ROLE regress_leaving;
+INSERT INTO tasks(sql) VALUES ('SELECT pg_advisory_xact_lock(77)') RETURNING id});
+$node->poll_query_until('u8', q{
+SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 77 AND NOT granted})
+  or die 'the task did not start';
+my $cancel_offset = -s $node->logfile;
+$node->safe_psql('u8', "DROP ROLE regress_leaving; UPDATE tasks SET state = 'cancelled' WHERE id = $leaving");
+my $cannot = qr/task_fdw cannot cancel task $leaving: the role that submitted it was dropped; it runs until it ends/;
+ok($node->wait_for_log($cannot, $cancel_offset), 'the dispatcher says it cannot cancel the task');
+$gate->query_safe('SELECT pg_advisory_unlock(77)');
+$gate->quit;
+is($node->safe_psql('u8', "SELECT task_fdw.wait($leaving, '60s')"), 'done', 'the task ran until it ended');
+my @cannot = substr(slurp_file($node->logfile), $cancel_offset) =~ /$cannot/g;
+is(scalar(@cannot), 1, 'and the dispatcher said it once, not at each attempt');
 
 # --- None of it ended the dispatcher.
 is($node->safe_psql('postgres',
