@@ -942,11 +942,11 @@ replace_invalid_bytes(char *s)
 /*
  * make_text_valid makes the text a task captured valid in the database's
  * encoding.  The dispatcher asks the remote for that encoding, but a task
- * may set another client encoding (the remote reports the change only once
- * the task's statements are over), and a remote database in SQL_ASCII
- * sends its bytes as they are.  The store must hold valid text: bytes that
- * are not are replaced by '?', and a message among the task's notices says
- * so.  Checking costs little next to the rest of a task's bookkeeping.
+ * may set another client encoding, and the remote reports the change only
+ * once the task's statements are over, or not at all if the task set it
+ * back.  So all of it is checked, which costs little next to the rest of a
+ * task's bookkeeping.  The store must hold valid text: bytes that are not
+ * are replaced by '?', and a message among the task's notices says so.
  */
 static void
 make_text_valid(Task *task)
