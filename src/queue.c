@@ -531,14 +531,12 @@ writer_find(RowWriter *w, Task *task)
 }
 
 /*
- * writer_text returns column anum of the row found, as text, or NULL.
+ * writer_state_is returns whether the row found is in state name.
  */
-static const char *
-writer_text(RowWriter *w, int anum)
+static bool
+writer_state_is(RowWriter *w, const char *name)
 {
-	if (w->oldslot->tts_isnull[anum - 1])
-		return NULL;
-	return TextDatumGetCString(w->oldslot->tts_values[anum - 1]);
+	return TaskStateIs(w->oldslot->tts_values[Anum_task_state - 1], name);
 }
 
 /*
@@ -611,13 +609,11 @@ QueueRecordStarts(dlist_head *tasks)
 	dlist_foreach(iter, tasks)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
-		const char *state;
 
 		task->recorded = false;
 		if (!writer_find(&w, task))
 			continue;
-		state = writer_text(&w, Anum_task_state);
-		if (strcmp(state, TFDW_STATE_QUEUED) != 0 ||
+		if (!writer_state_is(&w, TFDW_STATE_QUEUED) ||
 			(!w.oldslot->tts_isnull[Anum_task_run_at - 1] &&
 			 DatumGetTimestampTz(w.oldslot->tts_values[Anum_task_run_at - 1]) > now))
 			continue;
@@ -803,15 +799,13 @@ QueueRecordFinishes(dlist_head *tasks)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 		const char *state = TaskResolveOutcome(task);
-		const char *stored;
 		const char *written;
 
 		task->recorded = true;
 		if (!writer_find(&w, task))
 			continue;			/* deleted */
-		stored = writer_text(&w, Anum_task_state);
-		if (strcmp(stored, TFDW_STATE_QUEUED) != 0 &&
-			strcmp(stored, TFDW_STATE_RUNNING) != 0)
+		if (!writer_state_is(&w, TFDW_STATE_QUEUED) &&
+			!writer_state_is(&w, TFDW_STATE_RUNNING))
 			continue;			/* final already */
 		switch (record_outcome(&w, task, state, &written))
 		{

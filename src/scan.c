@@ -150,7 +150,7 @@ is_done_const(Node *value)
 	Const	   *c = (Const *) value;
 
 	return IsA(value, Const) && !c->constisnull && c->consttype == TEXTOID &&
-		strcmp(TextDatumGetCString(c->constvalue), TFDW_STATE_DONE) == 0;
+		TaskStateIs(c->constvalue, TFDW_STATE_DONE);
 }
 
 /*

@@ -256,13 +256,10 @@ new_hash(const char *name, Size keysize, Size entrysize)
 static int
 state_index(Datum state)
 {
-	text	   *t = DatumGetTextPP(state);
-	int			len = VARSIZE_ANY_EXHDR(t);
 	int			i;
 
 	for (i = 0; i < NUM_TASK_STATES; i++)
-		if (strlen(task_states[i]) == len &&
-			memcmp(task_states[i], VARDATA_ANY(t), len) == 0)
+		if (TaskStateIs(state, task_states[i]))
 			return i;
 	return -1;
 }

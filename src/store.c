@@ -164,6 +164,19 @@ TaskStateIsFinal(const char *state)
 }
 
 /*
+ * TaskStateIs returns whether the text datum state is the state name; it
+ * compares in place, without a copy.
+ */
+bool
+TaskStateIs(Datum state, const char *name)
+{
+	text	   *t = DatumGetTextPP(state);
+	int			len = VARSIZE_ANY_EXHDR(t);
+
+	return len == strlen(name) && memcmp(VARDATA_ANY(t), name, len) == 0;
+}
+
+/*
  * TaskStoreTaskVisible returns whether the current user may see, cancel,
  * delete and wait for a task submitted by task_userid: superusers may for
  * every task, other roles for the tasks of roles whose privileges they have.
@@ -409,17 +422,13 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 SysScanDesc
 TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
 {
-	char	   *name = TextDatumGetCString(state);
-	bool		queued = strcmp(name, TFDW_STATE_QUEUED) == 0;
-	bool		done = strcmp(name, TFDW_STATE_DONE) == 0;
 	ScanKeyData key;
 
-	pfree(name);
 	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, state);
-	if (queued)
+	if (TaskStateIs(state, TFDW_STATE_QUEUED))
 		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
 								  snapshot, 0, NULL);
-	if (done)
+	if (TaskStateIs(state, TFDW_STATE_DONE))
 		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
 	return systable_beginscan(rel, TaskStoreIndex("task_state_idx"), true,
 							  snapshot, 1, &key);

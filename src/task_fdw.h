@@ -368,6 +368,7 @@ extern void TaskStoreInsert(TaskInsertState *state, const TaskSubmission *sub,
 							Datum *values, bool *nulls);
 extern void TaskStoreEndInsert(TaskInsertState *state);
 extern bool TaskStateIsFinal(const char *state);
+extern bool TaskStateIs(Datum state, const char *name);
 extern bool TaskStoreTaskVisible(Oid task_userid);
 extern bool TaskStoreIsMonitor(void);
 extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
