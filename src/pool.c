@@ -43,6 +43,7 @@
 static HTAB *pools = NULL;
 
 static void pool_inval_callback(Datum arg, int cacheid, uint32 hashvalue);
+static const char *pool_dropped(Pool *pool, ForeignServer **server, const char **sqlstate);
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static bool pool_read_options(Pool *pool, ForeignServer *server, TaskServerOptions *opts);
 static void pool_set_error(Pool *pool, const char *message, TimestampTz at);
@@ -381,6 +382,36 @@ PoolStartRecorded(Task *task)
 }
 
 /*
+ * pool_dropped returns what of pool's server, submitting role and that
+ * role's user mapping was dropped, as "... was dropped", with the SQLSTATE
+ * to fail its tasks with; or NULL, with *server set, if all are there.
+ * Nothing ties a task to its role: a role a PUBLIC mapping serves can be
+ * dropped while its tasks are queued or running.
+ */
+static const char *
+pool_dropped(Pool *pool, ForeignServer **server, const char **sqlstate)
+{
+	*server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
+	if (*server == NULL)
+	{
+		*sqlstate = "08001";
+		return "the foreign server of the task was dropped";
+	}
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)))
+	{
+		*sqlstate = "42704";
+		return "the role that submitted the task was dropped";
+	}
+	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
+	{
+		*sqlstate = "28000";
+		return psprintf("user mapping for the submitting role on server \"%s\" was dropped",
+						(*server)->servername);
+	}
+	return NULL;
+}
+
+/*
  * user_mapping_exists returns whether userid (or PUBLIC) has a user mapping
  * for serverid; GetUserMapping would raise an error instead.
  */
@@ -439,33 +470,17 @@ PoolConnect(Pool *pool)
 	UserMapping *user;
 	TaskServerOptions opts;
 	const char *problem;
+	const char *sqlstate;
 	const char *detail;
 	const char *hint;
 
 	if (pool->nheld == 0)
 		return;
 
-	server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
-	if (server == NULL)
+	problem = pool_dropped(pool, &server, &sqlstate);
+	if (problem != NULL)
 	{
-		PoolFailHeld(pool, "08001", "the foreign server of the task was dropped", NULL, NULL);
-		return;
-	}
-	/*
-	 * Nothing ties a task to its role: a role with a PUBLIC mapping can be
-	 * dropped while its tasks are queued.
-	 */
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)))
-	{
-		PoolFailHeld(pool, "42704", "the role that submitted the task was dropped",
-					 NULL, NULL);
-		return;
-	}
-	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
-	{
-		PoolFailHeld(pool, "28000",
-					 psprintf("user mapping for the submitting role on server \"%s\" was dropped",
-							  server->servername), NULL, NULL);
+		PoolFailHeld(pool, sqlstate, problem, NULL, NULL);
 		return;
 	}
 	/* Checked again now: the mapping or the role may have changed since. */
@@ -699,22 +714,19 @@ pool_close_idle_elsewhere(Pool *pool)
  * PoolStartCancel opens a canceller: a connection of pool that asks the
  * remote to cancel the statement of backend remote_pid, then closes.  It
  * uses the pool's own credentials, so it may cancel the pool's backends
- * and nothing else.  Returns NULL, or why no canceller can be opened: the
- * server, the role or its user mapping is gone.  Runs inside a dispatcher
- * transaction.
+ * and nothing else.  Returns NULL, or why no canceller can be opened (see
+ * pool_dropped).  Runs inside a dispatcher transaction.
  */
 const char *
 PoolStartCancel(Pool *pool, int remote_pid)
 {
-	ForeignServer *server = GetForeignServerExtended(pool->key.serverid, FSV_MISSING_OK);
+	ForeignServer *server;
+	const char *sqlstate;
+	const char *problem = pool_dropped(pool, &server, &sqlstate);
 	Conn	   *conn;
 
-	if (server == NULL)
-		return "its server was dropped";
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(pool->key.userid)))
-		return "the role that submitted it was dropped";
-	if (!user_mapping_exists(pool->key.userid, pool->key.serverid))
-		return "the user mapping of the role that submitted it was dropped";
+	if (problem != NULL)
+		return problem;
 	pool_note_names(pool, server);
 	conn = pool_open_conn(pool, server, 0, remote_pid);
 	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)

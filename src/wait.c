@@ -8,10 +8,11 @@
  * broadcasts the shared condition variable after recording finished tasks,
  * and sleeps on it otherwise.  At each wake-up it reads only the task that
  * decides whether to go on waiting (the first unfinished one, or for a
- * batch the newest), so that a wait for thousands of tasks stays cheap.  The sleep responds to query cancel and
- * statement_timeout.  Waiting for a task that the waiting transaction itself
- * submitted or changed is an error: the dispatcher cannot see it before the
- * transaction commits, so the wait could only time out.
+ * batch the newest), so that a wait for thousands of tasks stays cheap.
+ * The sleep responds to query cancel and statement_timeout.  Waiting for a
+ * task that the waiting transaction itself submitted or changed is an
+ * error: the dispatcher cannot see it before the transaction commits, so
+ * the wait could only time out.
  *
  * IDENTIFICATION
  *		  src/wait.c

@@ -156,7 +156,7 @@ SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 77 AND
   or die 'the task did not start';
 my $cancel_offset = -s $node->logfile;
 $node->safe_psql('u8', "DROP ROLE regress_leaving; UPDATE tasks SET state = 'cancelled' WHERE id = $leaving");
-my $cannot = qr/task_fdw cannot cancel task $leaving: the role that submitted it was dropped; it runs until it ends/;
+my $cannot = qr/task_fdw cannot cancel task $leaving: the role that submitted the task was dropped; it runs until it ends/;
 ok($node->wait_for_log($cannot, $cancel_offset), 'the dispatcher says it cannot cancel the task');
 $gate->query_safe('SELECT pg_advisory_unlock(77)');
 $gate->quit;
