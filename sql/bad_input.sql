@@ -133,6 +133,8 @@ SELECT id - 300000 AS n, state, attempts, sqlstate, error FROM task_fdw.task WHE
 -- a role dropped while its task is queued (nothing ties a task to its role,
 -- and a PUBLIC mapping does not stop DROP ROLE): the task fails clearly, and
 -- the dispatcher goes on
+SELECT pid AS dispatcher_pid FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND datname = current_database() \gset
 CREATE ROLE regress_gone SUPERUSER;
 CREATE SERVER orphaned FOREIGN DATA WRAPPER task_fdw;
 CREATE USER MAPPING FOR PUBLIC SERVER orphaned;
@@ -147,6 +149,8 @@ SELECT task_fdw.wait(300000 + :orphan_id, '60s');
 SELECT state, attempts, sqlstate, error FROM task_fdw.task WHERE id = 300000 + :orphan_id;
 CALL run_bad('SELECT 1 AS after_orphan');
 SELECT state FROM task_fdw.task WHERE sql = 'SELECT 1 AS after_orphan';
+SELECT count(*) AS same_dispatcher FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND pid = :dispatcher_pid;
 SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER orphaned CASCADE;
 RESET client_min_messages;

@@ -134,17 +134,24 @@ SELECT task_fdw.wait(:enc_after_id, '60s');
 SELECT (SELECT remote_pid FROM kept_tasks WHERE id = :enc_id) <>
        (SELECT remote_pid FROM kept_tasks WHERE id = :enc_after_id) AS new_connection,
        (SELECT result FROM kept_tasks WHERE id = :enc_after_id) AS result;
--- a task that leaves a transaction open still closes the kept session
+-- a task that leaves a transaction open still closes the kept session: the
+-- setting made before it is gone afterwards; the kept session is named
+-- task_fdw, not after a task
+INSERT INTO kept_tasks(sql) VALUES ('SET work_mem = ''88MB''') RETURNING id AS set88_id \gset
+SELECT task_fdw.wait(:set88_id, '60s');
 INSERT INTO kept_tasks(sql) VALUES ('BEGIN; SELECT 1') RETURNING id AS open_id \gset
 SELECT task_fdw.wait(:open_id, '60s');
-SELECT sqlstate FROM kept_tasks WHERE id = :open_id;
+SELECT sqlstate, remote_pid = (SELECT remote_pid FROM kept_tasks WHERE id = :set88_id) AS same_session
+  FROM kept_tasks WHERE id = :open_id;
 INSERT INTO kept_tasks(sql) VALUES ($$SELECT current_setting('work_mem') AS work_mem,
-    now() = statement_timestamp() AS own_xact$$) RETURNING id AS after_id \gset
+    now() = statement_timestamp() AS own_xact, current_setting('application_name') AS app$$)
+    RETURNING id AS after_id \gset
 SELECT task_fdw.wait(:after_id, '60s');
 SELECT (SELECT remote_pid FROM kept_tasks WHERE id = :open_id) <>
        (SELECT remote_pid FROM kept_tasks WHERE id = :after_id) AS new_connection,
        (SELECT result FROM kept_tasks WHERE id = :after_id) AS result;
--- turning resets back on replaces the kept session at once, and names tasks
+-- turning resets back on (which, as any ALTER SERVER, replaces the pool's
+-- connections) names each task's session after the task again
 INSERT INTO kept_tasks(sql) VALUES ('SET work_mem = ''99MB''') RETURNING id AS set_id \gset
 SELECT task_fdw.wait(:set_id, '60s');
 ALTER SERVER kept OPTIONS (SET reset_session 'true');
@@ -171,16 +178,17 @@ SELECT count(*) FROM tasks WHERE state = 'failed' AND id = :failed_id;
 SELECT count(*) FROM tasks WHERE state = 'done' AND id = :failed_id;
 SELECT (SELECT count(*) FROM tasks WHERE state = 'failed') =
        (SELECT count(*) FROM tasks WHERE state || '' = 'failed') AS index_matches_scan;
--- done tasks are in no index on state: a constant 'done' is no key, and a
--- parameter that turns out 'done' reads the whole store; queued ones are
--- found through the queue's index.  Each lookup finds what a scan finds
--- (with a queued and a cancelled task added; no task is running here).
+-- done tasks are in no index on state, so a constant 'done' is no key (the
+-- plan scans the store) and a value known only at run time, as from unnest
+-- below, is looked for in the table rather than an index; queued ones are
+-- found through the queue's index.  Each way finds what a scan finds (with
+-- a queued and a cancelled task added; no task is running here).
 EXPLAIN (COSTS OFF) SELECT id FROM tasks WHERE state = 'done';
 INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour'),
                                       ('SELECT 2', now() + interval '1 hour');
 UPDATE tasks SET state = 'cancelled' WHERE sql = 'SELECT 2' AND state = 'queued';
 SELECT (SELECT count(*) FROM tasks WHERE state = 'done') =
-       (SELECT count(*) FROM tasks WHERE state || '' = 'done') AS done_found;
+       (SELECT count(*) FROM tasks WHERE state || '' = 'done') AS done_constant_finds_all;
 SELECT s AS state, (SELECT count(*) FROM tasks WHERE state || '' = s) > 0 AS present,
        (SELECT count(*) FROM tasks WHERE state || '' = s) =
        (SELECT count(*) FROM tasks WHERE state = s) AS lookup_finds_all

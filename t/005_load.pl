@@ -1,9 +1,9 @@
 # Load: tasks submitted by 8 concurrent sessions, a mix of trivial, slow and
 # failing statements, each with a side effect on a remote server.  All must
 # reach the right final state, each side effect must happen exactly once,
-# and looking up one task must not wait for the load meanwhile.  The number
-# of tasks is TASK_FDW_LOAD_TASKS (10,000 by default; make test-load runs
-# 100,000).
+# and looking up one task by id meanwhile must find it, through the primary
+# key.  The number of tasks is TASK_FDW_LOAD_TASKS (10,000 by default; make
+# test-load runs 100,000).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
