@@ -786,13 +786,15 @@ record_outcome(RowWriter *w, Task *task, const char *state, const char **written
  * recording: recorded now, or gone (deleted), or final already.  A task
  * whose row a submitter's UPDATE or DELETE in progress has locked is left
  * unrecorded, for the caller to try again later.  Each final outcome sends
- * its completion notification at commit.
+ * its completion notification at commit, if the notification queue has
+ * room.
  */
 void
 QueueRecordFinishes(dlist_head *tasks)
 {
 	RowWriter	w;
 	dlist_iter	iter;
+	int			notify = -1;	/* not known yet */
 
 	writer_begin(&w);
 	dlist_foreach(iter, tasks)
@@ -811,7 +813,11 @@ QueueRecordFinishes(dlist_head *tasks)
 		{
 			case ROW_WRITTEN:
 				task->row_tid = w.newslot->tts_tid;
-				if (strcmp(written, TFDW_STATE_QUEUED) != 0)
+				if (strcmp(written, TFDW_STATE_QUEUED) == 0)
+					break;
+				if (notify < 0)
+					notify = TaskStoreNotifyRoom();
+				if (notify)
 					TaskStoreNotifyFinished(task->id, written);
 				break;
 			case ROW_GONE:

@@ -35,6 +35,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -490,8 +491,52 @@ TaskStoreCountUnfinished(void)
 }
 
 /*
+ * TaskStoreNotifyRoom returns whether completion notifications may be sent
+ * now: whether PostgreSQL's notification queue is at most
+ * task_fdw.notify_queue_limit full.
+ *
+ * A session that listens but does not read (one idle in a transaction, say)
+ * holds back the queue's tail.  Once the queue is full, every commit that
+ * notifies fails; for the dispatcher, that would mean exiting with the
+ * outcomes of its turn unrecorded, and again at each restart.  Past the
+ * limit, notifications are dropped instead: the dispatcher logs when it
+ * stops sending them and when it starts again, and a session that cancels
+ * a task gets a warning.  Reading the usage also moves the queue's tail up
+ * to the slowest listener, so the queue empties once that one reads.
+ */
+bool
+TaskStoreNotifyRoom(void)
+{
+	static bool skipping = false;
+	LOCAL_FCINFO(fcinfo, 0);
+	double		usage;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	usage = DatumGetFloat8(pg_notification_queue_usage(fcinfo));
+	if (usage <= TaskFdwNotifyQueueLimit)
+	{
+		if (skipping && IsBackgroundWorker)
+			ereport(LOG,
+					(errmsg("task_fdw is sending completion notifications again")));
+		skipping = false;
+		return true;
+	}
+	if (!skipping || !IsBackgroundWorker)
+		ereport(IsBackgroundWorker ? LOG : WARNING,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("task_fdw is not sending completion notifications: the notification queue is %.3g%% full",
+						usage * 100),
+				 errdetail("The limit, task_fdw.notify_queue_limit, is %.3g%%.",
+						   TaskFdwNotifyQueueLimit * 100),
+				 errhint("A session that listens is not reading its notifications: end its transaction, or the session.")));
+	skipping = true;
+	return false;
+}
+
+/*
  * TaskStoreNotifyFinished queues the completion notification of task id,
- * sent on channel task_fdw when the transaction commits.
+ * sent on channel task_fdw when the transaction commits.  Callers first ask
+ * TaskStoreNotifyRoom, once per transaction.
  */
 void
 TaskStoreNotifyFinished(int64 id, const char *state)

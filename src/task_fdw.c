@@ -43,6 +43,7 @@ int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
 int			TaskFdwMaxConnections = 100;
+double		TaskFdwNotifyQueueLimit = 0.5;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -130,6 +131,13 @@ _PG_init(void)
 							20, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomRealVariable("task_fdw.notify_queue_limit",
+							 "Fraction of the notification queue above which completion notifications are not sent.",
+							 "A full queue would make every commit that notifies fail; 1 sends them until then.",
+							 &TaskFdwNotifyQueueLimit,
+							 0.5, 0.0, 1.0,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("task_fdw");
 
 	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)

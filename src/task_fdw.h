@@ -258,6 +258,7 @@ extern int	TaskFdwMaxNotices;
 extern int	TaskFdwMaxNoticeBytes;
 extern int	TaskFdwRetention;
 extern int	TaskFdwMaxConnections;
+extern double TaskFdwNotifyQueueLimit;
 extern int	TaskFdwClaimAhead;
 extern int	TaskFdwClaimAheadStall;
 extern void TaskFdwCheckPreloaded(void);
@@ -376,6 +377,7 @@ extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
 extern HeapTuple TaskStoreDeleteTask(Relation rel, int64 id);
+extern bool TaskStoreNotifyRoom(void);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
 typedef void (*TaskStoreTaskCallback) (HeapTuple tup, TupleDesc desc, bool running,
 									   void *arg);

@@ -1,11 +1,13 @@
 # Task control that needs a whole cluster or a clock: how fast a cancel and
 # a timeout stop a remote statement, deleting a running task, completion
-# notifications for a batch, and retention of finished tasks.
+# notifications for a batch, a listener that does not read them, and
+# retention of finished tasks.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use FindBin;
 use lib $FindBin::RealBin;
 use TaskFdwNode;
@@ -88,6 +90,60 @@ my %expected = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
 	"SELECT id, state FROM tasks WHERE batch = 'b20'");
 is(scalar(keys %notified), 20, 'one notification for each of the 20 tasks');
 is_deeply(\%notified, \%expected, 'each notification has the id and final state of its task');
+
+# --- A session that listens but does not read (here, one idle in a
+# transaction) holds back PostgreSQL's notification queue, which fails every
+# commit that notifies once it is full.  Past task_fdw.notify_queue_limit
+# (0 here: any page the session has not read), the dispatcher stops
+# notifying, rather than failing its commits, and says so once; it notifies
+# again once the session has read.
+$node->safe_psql('postgres', q{
+ALTER SYSTEM SET task_fdw.notify_queue_limit = 0;
+SELECT pg_reload_conf();
+});
+my $dispatcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'");
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN task_fdw');
+$listener->query_safe('BEGIN');
+my $notify_offset = -s $node->logfile;
+$node->safe_psql('postgres',
+	"INSERT INTO tasks(sql, batch) SELECT 'SELECT 1', 'unread' FROM generate_series(1, 400)");
+is($node->safe_psql('postgres',
+		"SELECT string_agg(DISTINCT state, ',') FROM task_fdw.wait_batch('unread', '60s')"),
+	'done', 'with a listener that does not read, all 400 tasks are recorded done');
+my $not_sending = qr/task_fdw is not sending completion notifications: the notification queue is [0-9.e-]+% full/;
+my @said = substr(slurp_file($node->logfile), $notify_offset) =~ /$not_sending/g;
+is(scalar(@said), 1, 'the dispatcher logs once that it stopped notifying');
+$node->safe_psql('postgres', "INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour')");
+my ($cancel_out, $cancel_err) = ('', '');
+$node->psql('postgres', "UPDATE tasks SET state = 'cancelled' WHERE state = 'queued'",
+	stdout => \$cancel_out, stderr => \$cancel_err);
+like($cancel_err, qr/WARNING:  $not_sending/, 'a session cancelling a task is warned that it sends no notification');
+my $received = $listener->query_safe('COMMIT');
+my @unread_ids = $received =~ /payload "\{"id": (\d+), "state": "done"\}"/g;
+ok(@unread_ids > 0 && @unread_ids < 400,
+	'the listener got the notifications sent before the limit, not the others (' . scalar(@unread_ids) . ')');
+my $again = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT 2') RETURNING id");
+$node->safe_psql('postgres', "SELECT task_fdw.wait($again, '60s')");
+ok($node->wait_for_log(qr/task_fdw is sending completion notifications again/, $notify_offset),
+	'once the listener has read, the dispatcher notifies again');
+my $heard = '';
+foreach (1 .. 100)
+{
+	$heard .= $listener->query_safe('SELECT 1');
+	last if $heard =~ /payload "\{"id": $again, /;
+	usleep(100_000);
+}
+like($heard, qr/payload "\{"id": $again, "state": "done"\}"/, 'and the listener gets the next task\'s notification');
+$listener->quit;
+is($node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"),
+	$dispatcher, 'the same dispatcher ran all the tasks');
+$node->safe_psql('postgres', q{
+ALTER SYSTEM RESET task_fdw.notify_queue_limit;
+SELECT pg_reload_conf();
+});
 
 # --- Retention: finished tasks older than task_fdw.retention go, queued ones stay.
 $node->safe_psql('postgres', q{
