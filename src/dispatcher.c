@@ -23,6 +23,8 @@
  */
 #include "postgres.h"
 
+#include <sys/socket.h>
+
 #include "access/xact.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -55,6 +57,8 @@
 #define GATHER_MS			3
 /* A cancel request is sent again this often while the task still runs. */
 #define CANCEL_RESEND_MS	1000
+/* An exiting dispatcher waits this long at most for its cancel requests. */
+#define EXIT_CANCEL_MS		5000
 /* Retention removes at most this many tasks per transaction. */
 #define PURGE_BATCH			500
 
@@ -100,6 +104,8 @@ static void record_finished(void);
 static void purge_expired(TimestampTz now);
 static bool begin_transaction(TimestampTz now);
 static void cancel_running(void);
+static bool conn_is_local(Conn *conn);
+static void wait_for_cancellers(void);
 static void dispatcher_store_gone(void);
 
 /*
@@ -926,9 +932,18 @@ begin_transaction(TimestampTz now)
 }
 
 /*
- * cancel_running asks the remote to cancel every running task and ends the
- * tasks as interrupted.  PQcancel waits only for the request to be sent;
- * this runs only when the dispatcher is about to exit.
+ * cancel_running asks the remote to cancel every running task, ends the
+ * tasks as interrupted, and waits up to EXIT_CANCEL_MS for the requests to
+ * get through; this runs only when the dispatcher is about to exit.
+ *
+ * A task on a server reached through a Unix socket gets libpq's cancel
+ * request: its postmaster is on this machine (this cluster's own, for the
+ * loopback), and it takes cancel requests even while it shuts down, when
+ * it no longer lets a canceller log in.  A server reached over the network
+ * gets a canceller, non-blocking like every connection: PQcancel would
+ * wait, with no limit, for a server that does not answer (one frozen, or
+ * behind a firewall that drops packets), and hold up the server's shutdown
+ * for as long.
  */
 static void
 cancel_running(void)
@@ -937,25 +952,105 @@ cancel_running(void)
 	Conn	   *conn;
 	char		errbuf[256];
 
+	StartTransactionCommand();
 	ConnWalkBegin(&walk);
 	while ((conn = ConnWalkNext(&walk)) != NULL)
 	{
-		PGcancel   *cancel;
+		Task	   *task = conn->task;
 
 		if (!conn_runs_task(conn))
 			continue;
-		cancel = PQgetCancel(conn->conn);
-		if (cancel)
+		if (conn_is_local(conn))
 		{
-			(void) PQcancel(cancel, errbuf, sizeof(errbuf));
-			PQfreeCancel(cancel);
+			PGcancel   *cancel = PQgetCancel(conn->conn);
+
+			if (cancel)
+			{
+				(void) PQcancel(cancel, errbuf, sizeof(errbuf));
+				PQfreeCancel(cancel);
+			}
 		}
-		TaskFail(conn->task, "57P01",
+		else
+		{
+			const char *problem = PoolStartCancel(task->pool, task->remote_pid);
+
+			if (problem != NULL)
+				ereport(LOG,
+						(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
+								task->id, problem)));
+		}
+		TaskFail(task, "57P01",
 				 "task was interrupted: the dispatcher was shut down while it ran, "
 				 "and the remote server may or may not have completed it");
-		DispatcherTaskFinished(conn->task);
+		DispatcherTaskFinished(task);
 		conn->task = NULL;
 		ConnReleaseAhead(conn, true);
+	}
+	CommitTransactionCommand();
+	wait_for_cancellers();
+}
+
+/*
+ * conn_is_local returns whether conn reaches its server through a Unix
+ * socket.
+ */
+static bool
+conn_is_local(Conn *conn)
+{
+	struct sockaddr_storage addr;
+	socklen_t	len = sizeof(addr);
+
+	return getpeername(PQsocket(conn->conn), (struct sockaddr *) &addr, &len) == 0 &&
+		addr.ss_family == AF_UNIX;
+}
+
+/*
+ * wait_for_cancellers runs the cancellers under way until they are all
+ * through, for at most EXIT_CANCEL_MS, and logs those still waiting for
+ * their server then: the dispatcher exits without them.
+ */
+static void
+wait_for_cancellers(void)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   EXIT_CANCEL_MS);
+	WaitEvent	events[MAX_EVENTS];
+	ConnWalk	walk;
+	Conn	   *conn;
+
+	for (;;)
+	{
+		long		timeout;
+		int			nevents;
+		int			i;
+		bool		any = false;
+
+		CHECK_FOR_INTERRUPTS();
+		ConnWalkBegin(&walk);
+		while ((conn = ConnWalkNext(&walk)) != NULL)
+			any |= conn->cancel_pid != 0;
+		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (!any || timeout <= 0)
+			break;
+		update_wait_set();
+		nevents = WaitEventSetWait(wait_set, timeout, events, MAX_EVENTS,
+								   TFDW_WAIT_EVENT_MAIN);
+		for (i = 0; i < nevents; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			else if (events[i].user_data != NULL)
+				ConnAdvance((Conn *) events[i].user_data, events[i].events);
+		}
+	}
+
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
+	{
+		if (conn->cancel_pid != 0)
+			ereport(LOG,
+					(errmsg("task_fdw could not cancel remote backend %d before exiting: its server did not answer within %d ms",
+							conn->cancel_pid, EXIT_CANCEL_MS)));
 	}
 }
 

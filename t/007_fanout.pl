@@ -5,7 +5,8 @@
 # pg_stat_activity and the log show the right things while and after they
 # run.  With one node stopped, the other two nodes' tasks finish while the
 # stopped node's wait, and run once it is back; and so do they while node3
-# is frozen (SIGSTOP), so that connections to it hang.  node1's dispatcher
+# is frozen (SIGSTOP), so that connections to it hang; and node1 stops while
+# node2 is frozen with a task running there.  node1's dispatcher
 # looks at the queue on its own only once an hour (task_fdw.recheck_interval),
 # so every task must run because something woke the dispatcher for it.
 use strict;
@@ -274,7 +275,33 @@ $frozen = undef;
 is(wait_batch('b4'), '10',
 	'once node3 runs again, its 10 tasks run on new connections without waiting for a recheck');
 
-$node1->stop;
+# --- A server that does not answer must not hold up node1's shutdown.  With
+# node2's postmaster frozen, the backend running a task there goes on, but
+# a cancel request reaches no one.  A fast shutdown of node1 asks for the
+# cancel and waits a few seconds for it at most; libpq's PQcancel would wait
+# until node2 runs again, and pg_ctl would give up after 60 s.
+my $long = $node1->safe_psql('postgres',
+	"INSERT INTO tasks(sql, server) VALUES ('SELECT pg_sleep(600)', 's2') RETURNING id");
+$node2->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'")
+  or die 'the long task did not start on node2';
+my $remote_pid = $node2->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'");
+$log_offset = -s $node1->logfile;
+$frozen = $node2->{_pid};
+kill 'STOP', $frozen;
+my $stopped;
+{
+	local $ENV{PGCTLTIMEOUT} = 60;
+	$stopped = $node1->stop('fast', fail_ok => 1);
+}
+kill 'CONT', $frozen;
+$frozen = undef;
+ok($stopped, 'node1 stops while node2, where a task runs, does not answer');
+like(substr(slurp_file($node1->logfile), $log_offset),
+	qr/task_fdw could not cancel remote backend $remote_pid before exiting: its server did not answer within 5000 ms/,
+	'the dispatcher logs that it could not cancel the task on node2');
+
 $node2->stop;
 $node3->stop;
 done_testing();
