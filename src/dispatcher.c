@@ -85,6 +85,7 @@ static char *my_dbname = NULL;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
+static void advance_ready(WaitEvent *events, int nevents);
 static void take_hints(void);
 static bool bookkeeping_needed(TimestampTz now);
 static bool gathering(TimestampTz now);
@@ -313,7 +314,6 @@ dispatcher_loop(void)
 	{
 		TimestampTz now;
 		int			nevents;
-		int			i;
 
 		/* Whatever a turn allocates, outside tasks and connections, is freed. */
 		MemoryContextReset(loop_cxt);
@@ -381,13 +381,7 @@ dispatcher_loop(void)
 		 */
 		if (ShutdownRequestPending)
 			dispatcher_shutdown();
-		for (i = 0; i < nevents; i++)
-		{
-			if (events[i].events & WL_LATCH_SET)
-				ResetLatch(MyLatch);
-			else if (events[i].user_data != NULL)
-				ConnAdvance((Conn *) events[i].user_data, events[i].events);
-		}
+		advance_ready(events, nevents);
 
 		/*
 		 * Only now, with what the sockets had to say read, does a task
@@ -395,6 +389,24 @@ dispatcher_loop(void)
 		 * results unread.
 		 */
 		release_ahead(GetCurrentTimestamp(), false);
+	}
+}
+
+/*
+ * advance_ready advances the connections that the wait reported ready in
+ * events, and resets the latch if it was set.
+ */
+static void
+advance_ready(WaitEvent *events, int nevents)
+{
+	int			i;
+
+	for (i = 0; i < nevents; i++)
+	{
+		if (events[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		else if (events[i].user_data != NULL)
+			ConnAdvance((Conn *) events[i].user_data, events[i].events);
 	}
 }
 
@@ -1005,9 +1017,12 @@ conn_is_local(Conn *conn)
 }
 
 /*
- * wait_for_cancellers runs the cancellers under way until they are all
- * through, for at most EXIT_CANCEL_MS, and logs those still waiting for
- * their server then: the dispatcher exits without them.
+ * wait_for_cancellers closes every connection without a task, the
+ * cancellers under way aside, then runs the cancellers until they are all
+ * through, for at most EXIT_CANCEL_MS, and logs the ones still waiting for
+ * their server then: the dispatcher exits without them.  The connections
+ * whose tasks were just ended as interrupted have nothing more to say that
+ * is wanted, and are not to be read.
  */
 static void
 wait_for_cancellers(void)
@@ -1018,11 +1033,17 @@ wait_for_cancellers(void)
 	ConnWalk	walk;
 	Conn	   *conn;
 
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
+	{
+		if (conn->cancel_pid == 0 && conn->task == NULL)
+			PoolCloseConn(conn);
+	}
+
 	for (;;)
 	{
 		long		timeout;
 		int			nevents;
-		int			i;
 		bool		any = false;
 
 		CHECK_FOR_INTERRUPTS();
@@ -1035,13 +1056,7 @@ wait_for_cancellers(void)
 		update_wait_set();
 		nevents = WaitEventSetWait(wait_set, timeout, events, MAX_EVENTS,
 								   TFDW_WAIT_EVENT_MAIN);
-		for (i = 0; i < nevents; i++)
-		{
-			if (events[i].events & WL_LATCH_SET)
-				ResetLatch(MyLatch);
-			else if (events[i].user_data != NULL)
-				ConnAdvance((Conn *) events[i].user_data, events[i].events);
-		}
+		advance_ready(events, nevents);
 	}
 
 	ConnWalkBegin(&walk);

@@ -279,12 +279,20 @@ is(wait_batch('b4'), '10',
 # node2's postmaster frozen, the backend running a task there goes on, but
 # a cancel request reaches no one.  A fast shutdown of node1 asks for the
 # cancel and waits a few seconds for it at most; libpq's PQcancel would wait
-# until node2 runs again, and pg_ctl would give up after 60 s.
-my $long = $node1->safe_psql('postgres',
+# until node2 runs again, and pg_ctl would give up after 60 s.  A task runs
+# on s1 as well, node1 itself over TCP: its canceller is refused, as node1
+# is shutting down, and its session ends with node1's other sessions while
+# the dispatcher waits for node2.
+my $long2 = $node1->safe_psql('postgres',
 	"INSERT INTO tasks(sql, server) VALUES ('SELECT pg_sleep(600)', 's2') RETURNING id");
+my $long1 = $node1->safe_psql('postgres',
+	"INSERT INTO tasks(sql, server) VALUES ('SELECT pg_sleep(601)', 's1') RETURNING id");
 $node2->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'")
   or die 'the long task did not start on node2';
+$node1->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(601)'")
+  or die 'the long task did not start on node1';
 my $remote_pid = $node2->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'");
 $log_offset = -s $node1->logfile;
@@ -298,10 +306,17 @@ my $stopped;
 kill 'CONT', $frozen;
 $frozen = undef;
 ok($stopped, 'node1 stops while node2, where a task runs, does not answer');
-like(substr(slurp_file($node1->logfile), $log_offset),
+$log = substr(slurp_file($node1->logfile), $log_offset);
+like($log,
 	qr/task_fdw could not cancel remote backend $remote_pid before exiting: its server did not answer within 5000 ms/,
 	'the dispatcher logs that it could not cancel the task on node2');
-
+unlike($log, qr/terminated by signal|"task_fdw dispatcher[^"]*" \(PID \d+\) exited with exit code/,
+	'and exits cleanly');
+$node1->start;
+is($node1->safe_psql('postgres',
+		"SELECT string_agg(state || ' ' || sqlstate, ',' ORDER BY id) FROM tasks WHERE id IN ($long2, $long1)"),
+	'failed 57P01,failed 57P01', 'both tasks are recorded as interrupted');
+$node1->stop;
 $node2->stop;
 $node3->stop;
 done_testing();
