@@ -100,6 +100,7 @@ static bool conn_runs_task(Conn *conn);
 static void release_ahead(TimestampTz now, bool cancelled);
 static TimestampTz cancel_due_at(Task *task);
 static bool cancels_due(TimestampTz now);
+static void start_cancel(Task *task);
 static void send_due_cancels(List *running, TimestampTz now);
 static void record_finished(void);
 static void purge_expired(TimestampTz now);
@@ -587,6 +588,24 @@ cancels_due(TimestampTz now)
 }
 
 /*
+ * start_cancel opens a canceller for running task, or says (once per task)
+ * why none can be opened: the task then runs until it ends.
+ */
+static void
+start_cancel(Task *task)
+{
+	const char *problem = PoolStartCancel(task->pool, task->remote_pid);
+
+	if (problem != NULL && !task->cancel_problem_logged)
+	{
+		ereport(LOG,
+				(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
+						task->id, problem)));
+		task->cancel_problem_logged = true;
+	}
+}
+
+/*
  * send_due_cancels starts a canceller for each running task that timed out
  * or whose cancel request is due, and schedules the next request in case
  * the task goes on running.
@@ -600,20 +619,12 @@ send_due_cancels(List *running, TimestampTz now)
 	{
 		Task	   *task = lfirst(lc);
 		TimestampTz at = cancel_due_at(task);
-		const char *problem;
 
 		if (at == 0 || now < at)
 			continue;
 		if (task->cancel_reason == TASK_CANCEL_NONE)
 			task->cancel_reason = TASK_CANCEL_TIMEOUT;
-		problem = PoolStartCancel(task->pool, task->remote_pid);
-		if (problem != NULL && !task->cancel_problem_logged)
-		{
-			ereport(LOG,
-					(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
-							task->id, problem)));
-			task->cancel_problem_logged = true;
-		}
+		start_cancel(task);
 		task->cancel_at = TimestampTzPlusMilliseconds(now, CANCEL_RESEND_MS);
 	}
 }
@@ -983,14 +994,7 @@ cancel_running(void)
 			}
 		}
 		else
-		{
-			const char *problem = PoolStartCancel(task->pool, task->remote_pid);
-
-			if (problem != NULL)
-				ereport(LOG,
-						(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
-								task->id, problem)));
-		}
+			start_cancel(task);
 		TaskFail(task, "57P01",
 				 "task was interrupted: the dispatcher was shut down while it ran, "
 				 "and the remote server may or may not have completed it");
