@@ -128,8 +128,10 @@ my $again = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT
 $node->safe_psql('postgres', "SELECT task_fdw.wait($again, '60s')");
 ok($node->wait_for_log(qr/task_fdw is sending completion notifications again/, $notify_offset),
 	'once the listener has read, the dispatcher notifies again');
+# The listener's backend sends it when it is signalled, which can be just
+# after the wait returned: ask again until it shows, as poll_query_until would.
 my $heard = '';
-foreach (1 .. 100)
+foreach (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
 {
 	$heard .= $listener->query_safe('SELECT 1');
 	last if $heard =~ /payload "\{"id": $again, /;
