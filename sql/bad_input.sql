@@ -116,8 +116,8 @@ CALL run_bad('SELECT 1 AS still_fine');
 SELECT count(*) FILTER (WHERE state IN ('queued', 'running')) AS unfinished FROM bad_tasks;
 
 -- a server dropped while a task of it is queued: the task fails clearly, and
--- is not retried, although it may be (its SQL was never sent); its failed
--- wait for a connection counts as its one attempt, as README says
+-- is not retried, although it may be (its SQL was never sent); its failure
+-- counts as its one attempt
 CREATE SERVER doomed FOREIGN DATA WRAPPER task_fdw;
 CREATE USER MAPPING FOR CURRENT_USER SERVER doomed;
 CREATE FOREIGN TABLE doomed_tasks (id bigint, sql text, run_at timestamptz) SERVER doomed

@@ -250,28 +250,41 @@ RESET statement_timeout;
 -- They run on a server of their own, as the slow task fills ctl's pool.
 CREATE SERVER ctl_wait FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
 CREATE USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
+-- waits until task id runs (each check reads the table afresh), so that the
+-- blocked task of each pair is running, not still waiting for a connection
+CREATE PROCEDURE wait_running(task bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 3000 LOOP
+        IF EXISTS (SELECT FROM ctl_tasks WHERE id = task AND state = 'running') THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    RAISE EXCEPTION 'task % did not start within 60 s', task;
+END $$;
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair', 'ctl_wait')
 RETURNING id AS blocked_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair', 'ctl_wait')
 RETURNING id AS sleeper_id \gset
--- (the blocked task may still be queued, claimed ahead, or running: all
--- that matters is that it is unfinished and the other one is done)
-SELECT id = :blocked_id AS blocked, CASE WHEN state IN ('queued', 'running') THEN 'unfinished' ELSE state END AS state
+CALL wait_running(:blocked_id);
+SELECT id = :blocked_id AS blocked, state
   FROM task_fdw.wait(ARRAY[:blocked_id, :sleeper_id], '3s') ORDER BY id;
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair2', 'ctl_wait')
 RETURNING id AS sleeper_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair2', 'ctl_wait')
 RETURNING id AS blocked_id \gset
-SELECT id = :blocked_id AS blocked, CASE WHEN state IN ('queued', 'running') THEN 'unfinished' ELSE state END AS state
+CALL wait_running(:blocked_id);
+SELECT id = :blocked_id AS blocked, state
   FROM task_fdw.wait_batch('pair2', '3s') ORDER BY id;
 -- wait_batch reads the whole batch again once the newest unfinished task
 -- ends: here the older one still waits for the lock when the 0.3 s one ends,
 -- so the wait goes on until its timeout rather than returning then.
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair3', 'ctl_wait')
 RETURNING id AS blocked_id \gset
+CALL wait_running(:blocked_id);
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair3', 'ctl_wait');
 SELECT clock_timestamp() AS pair3_start \gset
-SELECT id = :blocked_id AS blocked, CASE WHEN state IN ('queued', 'running') THEN 'unfinished' ELSE state END AS state
+SELECT id = :blocked_id AS blocked, state
   FROM task_fdw.wait_batch('pair3', '3s') ORDER BY id;
 SELECT clock_timestamp() - :'pair3_start'::timestamptz >= interval '3s' AS waited_until_timeout;
 SELECT pg_advisory_unlock(4242);
@@ -281,6 +294,7 @@ SELECT state, count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM ctl_tasks WHERE b
 DELETE FROM ctl_tasks WHERE batch LIKE 'pair%';
 DROP USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
 DROP SERVER ctl_wait;
+DROP PROCEDURE wait_running;
 
 -- ===================================================================
 -- DELETE

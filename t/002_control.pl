@@ -1,5 +1,5 @@
-# Task control that needs a whole cluster or a clock: how fast a cancel and
-# a timeout stop a remote statement, deleting a running task, completion
+# Task control that needs a whole cluster: that a cancel and a timeout stop
+# a remote statement, deleting a running task, completion
 # notifications for a batch, a listener that does not read them, and
 # retention of finished tasks.
 use strict;

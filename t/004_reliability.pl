@@ -113,13 +113,13 @@ $remote->poll_query_until('postgres',
 $node->stop('fast');
 ok($remote->poll_query_until('postgres',
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'"),
-	'and the remote statements were cancelled');
+	'the fast shutdown did not wait for the remote statements, which were cancelled');
 $node->start;
 is($node->safe_psql('postgres', q{
 SELECT string_agg(DISTINCT state || ' ' || sqlstate, ',') FROM remote_tasks}),
 	'failed 57P01', 'the tasks were recorded as interrupted');
 
-# --- The remote goes down with 50 tasks queued for it; the loopback is not delayed.
+# --- The remote goes down with 50 tasks queued for it; they wait, and run once it is back.
 $node->safe_psql('postgres', 'DELETE FROM remote_tasks');
 $remote->stop('fast');
 $node->safe_psql('postgres', q{

@@ -63,14 +63,13 @@ INSERT INTO fan_log SELECT %s,
 	return;
 }
 
-# Waits at most $timeout (60 s by default) for the tasks of batch $batch,
-# and returns how many are done then.
+# Waits at most 60 s for the tasks of batch $batch, and returns how many
+# are done then.
 sub wait_batch
 {
-	my ($batch, $timeout) = @_;
-	$timeout //= '60s';
+	my ($batch) = @_;
 	return $node1->safe_psql('postgres',
-		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '$timeout')");
+		"SELECT count(*) FILTER (WHERE state = 'done') FROM task_fdw.wait_batch('$batch', '60s')");
 }
 
 # The most tasks that ran at once on $node, from the intervals they logged.
