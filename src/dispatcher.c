@@ -239,7 +239,8 @@ TaskFdwDispatcherMain(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	bool		installed;
-	int			interrupted;
+	int			failed;
+	int			requeued;
 	int			i;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -286,15 +287,16 @@ TaskFdwDispatcherMain(Datum main_arg)
 		proc_exit(0);
 	}
 	QueuePrepare();
-	interrupted = QueueRecoverInterrupted();
+	QueueRecoverInterrupted(&failed, &requeued);
 	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	ereport(LOG,
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
 	StatsAttach(my_slot);
-	if (interrupted > 0)
+	if (failed > 0 || requeued > 0)
 		ereport(LOG,
-				(errmsg("task_fdw marked %d interrupted tasks as failed", interrupted)));
+				(errmsg("task_fdw recorded %d interrupted tasks as failed and queued %d again (on_interrupt 'retry')",
+						failed, requeued)));
 
 	last_activity = GetCurrentTimestamp();
 	dispatcher_loop();

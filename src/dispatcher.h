@@ -247,7 +247,7 @@ typedef enum QueueStatus
 extern QueueStatus QueueBegin(bool nowait);
 extern void QueueCommit(void);
 extern void QueuePrepare(void);
-extern int	QueueRecoverInterrupted(void);
+extern void QueueRecoverInterrupted(int *failed, int *requeued);
 extern void QueueFindPools(void);
 extern void QueueFetch(Pool *pool, int limit, TimestampTz now);
 extern void QueueRecordStarts(dlist_head *tasks);

@@ -116,17 +116,20 @@
 /*
  * Tasks an earlier dispatcher left running were interrupted by a crash:
  * failed, or queued again if their submitter said they may run twice (and
- * did not cancel them meanwhile).
+ * did not cancel them meanwhile).  Returns how many of each.
  */
 #define RECOVER_SQL \
-	"UPDATE task_fdw.task SET" \
+	"WITH recovered AS (UPDATE task_fdw.task SET" \
 	" state = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
 	"              THEN 'queued' ELSE 'failed' END," \
 	" finished_at = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
 	"                    THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'" \
-	" WHERE state OPERATOR(pg_catalog.=) 'running'"
+	" WHERE state OPERATOR(pg_catalog.=) 'running' RETURNING state)" \
+	" SELECT pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'failed')::pg_catalog.int4," \
+	"        pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'queued')::pg_catalog.int4" \
+	"   FROM recovered"
 
 static SPIPlanPtr find_pools_plan = NULL;
 static SPIPlanPtr fetch_plan = NULL;
@@ -302,15 +305,21 @@ QueuePrepare(void)
 }
 
 /*
- * QueueRecoverInterrupted fails the tasks an earlier dispatcher left
- * running, and returns how many there were.
+ * QueueRecoverInterrupted records the tasks an earlier dispatcher left
+ * running as interrupted, and sets *failed and *requeued to how many it
+ * recorded as failed and how many it queued again.
  */
-int
-QueueRecoverInterrupted(void)
+void
+QueueRecoverInterrupted(int *failed, int *requeued)
 {
-	if (SPI_execute(RECOVER_SQL, false, 0) != SPI_OK_UPDATE)
+	bool		isnull;
+
+	if (SPI_execute(RECOVER_SQL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not recover interrupted tasks");
-	return (int) SPI_processed;
+	*failed = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+	*requeued = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2, &isnull));
 }
 
 /*

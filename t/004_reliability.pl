@@ -82,6 +82,12 @@ is($done_missing, '0', 'every done task left its side effect');
 is($missing_not_interrupted, '0',
 	"every task without its side effect failed as interrupted ($interrupted interrupted)");
 isnt(dispatcher_pid(), $pid, 'the dispatcher came back by itself');
+# The new dispatcher says how many tasks it found left running.
+my $recovered_failed = $node->safe_psql('postgres',
+	"SELECT count(*) FROM tasks WHERE sqlstate = '57P02'");
+like(slurp_file($node->logfile),
+	qr/task_fdw recorded $recovered_failed interrupted tasks as failed and queued 0 again/,
+	"the log counts the $recovered_failed tasks recorded as interrupted");
 
 # --- pg_ctl restart -m immediate, with on_interrupt 'retry'.
 $node->safe_psql('postgres', 'DELETE FROM tasks; TRUNCATE effects');
@@ -89,8 +95,13 @@ submit_effects('retry_tasks', 1, 1000);
 $node->poll_query_until('postgres', 'SELECT count(*) >= 100 FROM effects')
   or die 'tasks did not start';
 $node->stop('immediate');
+my $log_offset = -s $node->logfile;
 $node->start;
 wait_all('retry_tasks');
+my ($requeued) = slurp_file($node->logfile, $log_offset) =~
+  /task_fdw recorded 0 interrupted tasks as failed and queued (\d+) again/;
+cmp_ok($requeued // 0, '>', 0,
+	"the log counts the tasks queued again after the restart (@{[ $requeued // 'none' ]})");
 my ($all_done, $runs_missing, $max_runs) = split /\|/, $node->safe_psql('postgres', q{
 WITH t AS (SELECT state, substring(sql FROM 'VALUES \((\d+)\)')::int AS n FROM retry_tasks),
      e AS (SELECT n, count(*) AS c FROM effects GROUP BY n)
