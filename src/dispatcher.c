@@ -81,12 +81,19 @@ static TimestampTz next_purge = 0;
 static TimestampTz last_activity = 0;
 static TimestampTz store_retry_at = 0;	/* the store was locked by others */
 static TimestampTz first_finished_at = 0;	/* of the unrecorded outcomes */
+static TimestampTz orphans_retry_at = 0;	/* tasks an earlier dispatcher left
+											 * running are locked: try again
+											 * then, or 0 */
+static int	orphans_failed = 0;	/* recorded, not logged yet */
+static int	orphans_requeued = 0;
 static char *my_dbname = NULL;
 
 static void dispatcher_exit(int code, Datum arg);
 static void dispatcher_loop(void);
 static void advance_ready(WaitEvent *events, int nevents);
 static void take_hints(void);
+static void recover_orphans(TimestampTz now);
+static void log_recovered(void);
 static bool bookkeeping_needed(TimestampTz now);
 static bool gathering(TimestampTz now);
 static void bookkeeping(TimestampTz now);
@@ -239,8 +246,6 @@ TaskFdwDispatcherMain(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	bool		installed;
-	int			failed;
-	int			requeued;
 	int			i;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -287,16 +292,14 @@ TaskFdwDispatcherMain(Datum main_arg)
 		proc_exit(0);
 	}
 	QueuePrepare();
-	QueueRecoverInterrupted(&failed, &requeued);
+	QueueFindOrphans();
+	recover_orphans(GetCurrentTimestamp());
 	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	ereport(LOG,
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
 	StatsAttach(my_slot);
-	if (failed > 0 || requeued > 0)
-		ereport(LOG,
-				(errmsg("task_fdw recorded %d interrupted tasks as failed and queued %d again (on_interrupt 'retry')",
-						failed, requeued)));
+	log_recovered();
 
 	last_activity = GetCurrentTimestamp();
 	dispatcher_loop();
@@ -436,6 +439,52 @@ take_hints(void)
 }
 
 /*
+ * recover_orphans records as interrupted the tasks an earlier dispatcher
+ * left running, in the caller's transaction, for log_recovered to report
+ * once it commits.  Rows that other transactions have locked (a submitter
+ * cancelling the task, say) are not waited for: they are tried again
+ * DEFERRED_RETRY_MS later, while the dispatcher runs other tasks.
+ */
+static void
+recover_orphans(TimestampTz now)
+{
+	int			failed;
+	int			requeued;
+	int			locked;
+
+	if (!QueueRecoverOrphans(&failed, &requeued, &locked))
+		return;
+	orphans_failed += failed;
+	orphans_requeued += requeued;
+	if (locked > 0 && orphans_retry_at == 0)
+		ereport(LOG,
+				(errmsg_plural("task_fdw found %d task left running by an earlier dispatcher that another transaction has locked",
+							   "task_fdw found %d tasks left running by an earlier dispatcher that other transactions have locked",
+							   locked, locked),
+				 errdetail("They are recorded as interrupted once those transactions end.")));
+	orphans_retry_at = locked > 0 ? TimestampTzPlusMilliseconds(now, DEFERRED_RETRY_MS) : 0;
+}
+
+/*
+ * log_recovered reports the tasks that recover_orphans recorded, once their
+ * transaction has committed, wakes the sessions waiting for tasks, and has
+ * the queue looked at for those queued again.
+ */
+static void
+log_recovered(void)
+{
+	if (orphans_failed == 0 && orphans_requeued == 0)
+		return;
+	ereport(LOG,
+			(errmsg("task_fdw recorded %d interrupted tasks as failed and queued %d again (on_interrupt 'retry')",
+					orphans_failed, orphans_requeued)));
+	TaskFdwWakeWaiters();
+	if (orphans_requeued > 0)
+		discover = true;
+	orphans_failed = orphans_requeued = 0;
+}
+
+/*
  * bookkeeping_needed returns whether this turn has anything to record,
  * cancel or claim.
  */
@@ -447,7 +496,8 @@ bookkeeping_needed(TimestampTz now)
 
 	if (now < store_retry_at)
 		return false;
-	if (check_cancels || cancels_due(now))
+	if (check_cancels || cancels_due(now) ||
+		(orphans_retry_at != 0 && now >= orphans_retry_at))
 		return true;
 	if (gathering(now))
 		return false;
@@ -683,6 +733,8 @@ bookkeeping(TimestampTz now)
 		return;
 
 	record_finished();
+	if (orphans_retry_at != 0 && now >= orphans_retry_at)
+		recover_orphans(now);
 
 	running = running_tasks(false);
 	if (check_cancels)
@@ -741,6 +793,7 @@ bookkeeping(TimestampTz now)
 	}
 
 	QueueCommit();
+	log_recovered();
 	if (recorded)
 		TaskFdwWakeWaiters();
 
@@ -887,6 +940,7 @@ next_timeout(TimestampTz now)
 	if (TaskFdwIdleTimeout > 0)
 		WAKE_BY(TimestampTzPlusMilliseconds(last_activity, TaskFdwIdleTimeout));
 	WAKE_BY(next_run_at);
+	WAKE_BY(orphans_retry_at);
 	if (!dlist_is_empty(&deferred))
 		WAKE_BY(deferred_retry_at);
 	if (TaskFdwRetention > 0)
@@ -920,7 +974,7 @@ dispatcher_idle(void)
 	HASH_SEQ_STATUS status;
 	Pool	   *pool;
 	bool		idle = !discover && dlist_is_empty(&finished) &&
-		dlist_is_empty(&deferred) && next_run_at == 0;
+		dlist_is_empty(&deferred) && next_run_at == 0 && orphans_retry_at == 0;
 
 	hash_seq_init(&status, PoolTable());
 	while ((pool = hash_seq_search(&status)) != NULL)

@@ -247,7 +247,8 @@ typedef enum QueueStatus
 extern QueueStatus QueueBegin(bool nowait);
 extern void QueueCommit(void);
 extern void QueuePrepare(void);
-extern void QueueRecoverInterrupted(int *failed, int *requeued);
+extern void QueueFindOrphans(void);
+extern bool QueueRecoverOrphans(int *failed, int *requeued, int *locked);
 extern void QueueFindPools(void);
 extern void QueueFetch(Pool *pool, int limit, TimestampTz now);
 extern void QueueRecordStarts(dlist_head *tasks);

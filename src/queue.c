@@ -42,6 +42,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -113,10 +114,18 @@
 	"    AND finished_at OPERATOR(pg_catalog.<) $1" \
 	"  ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED))"
 
+/* The tasks an earlier dispatcher left running, when this one starts. */
+#define ORPHANS_SQL \
+	"SELECT pg_catalog.array_agg(id) FROM task_fdw.task" \
+	" WHERE state OPERATOR(pg_catalog.=) 'running'"
+
 /*
- * Tasks an earlier dispatcher left running were interrupted by a crash:
- * failed, or queued again if their submitter said they may run twice (and
- * did not cancel them meanwhile).  Returns how many of each.
+ * Tasks an earlier dispatcher left running (those of $1) were interrupted
+ * by a crash: failed, or queued again if their submitter said they may run
+ * twice (and did not cancel them meanwhile).  Rows that a submitter's open
+ * transaction has locked are left for later.  Returns how many tasks were
+ * failed and queued again, and the ids of those left: still running, and
+ * locked.
  */
 #define RECOVER_SQL \
 	"WITH recovered AS (UPDATE task_fdw.task SET" \
@@ -126,9 +135,15 @@
 	"                    THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'" \
-	" WHERE state OPERATOR(pg_catalog.=) 'running' RETURNING state)" \
+	" WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY(" \
+	"  SELECT id FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
+	"     AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED))" \
+	" RETURNING id, state)" \
 	" SELECT pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'failed')::pg_catalog.int4," \
-	"        pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'queued')::pg_catalog.int4" \
+	"        pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'queued')::pg_catalog.int4," \
+	"        ARRAY(SELECT id FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
+	"               AND state OPERATOR(pg_catalog.=) 'running'" \
+	"               AND id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT id FROM recovered)))" \
 	"   FROM recovered"
 
 static SPIPlanPtr find_pools_plan = NULL;
@@ -136,8 +151,13 @@ static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr cancelled_plan = NULL;
 static SPIPlanPtr next_run_at_plan = NULL;
 static SPIPlanPtr purge_plan = NULL;
+static SPIPlanPtr recover_plan = NULL;
+
+/* Ids of the tasks an earlier dispatcher left running, not recorded yet. */
+static ArrayType *orphans = NULL;
 
 static SPIPlanPtr prepare_plan(const char *sql, int nargs, Oid *argtypes);
+static ArrayType *keep_array(Datum ids);
 /* One array parameter of a statement, built element by element. */
 typedef struct ArrayBuilder
 {
@@ -302,24 +322,74 @@ QueuePrepare(void)
 	cancelled_plan = prepare_plan(CANCELLED_SQL, 1, ids_type);
 	next_run_at_plan = prepare_plan(NEXT_RUN_AT_SQL, 1, time_type);
 	purge_plan = prepare_plan(PURGE_SQL, 2, purge_types);
+	recover_plan = prepare_plan(RECOVER_SQL, 1, ids_type);
 }
 
 /*
- * QueueRecoverInterrupted records the tasks an earlier dispatcher left
- * running as interrupted, and sets *failed and *requeued to how many it
- * recorded as failed and how many it queued again.
+ * QueueFindOrphans notes the tasks an earlier dispatcher left running, for
+ * QueueRecoverOrphans to record as interrupted.  Called once, when the
+ * dispatcher starts, before it starts any task itself.
  */
 void
-QueueRecoverInterrupted(int *failed, int *requeued)
+QueueFindOrphans(void)
 {
 	bool		isnull;
+	Datum		ids;
 
-	if (SPI_execute(RECOVER_SQL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+	if (SPI_execute(ORPHANS_SQL, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not find interrupted tasks");
+	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		orphans = keep_array(ids);
+}
+
+/*
+ * QueueRecoverOrphans records as interrupted the tasks noted by
+ * QueueFindOrphans that no other transaction has locked, and sets *failed
+ * and *requeued to how many it recorded as failed and queued again, and
+ * *locked to how many it left for a later call.  Returns false, with
+ * nothing done, if none is left.
+ */
+bool
+QueueRecoverOrphans(int *failed, int *requeued, int *locked)
+{
+	Datum		values[1];
+	Datum		left;
+	bool		isnull;
+	ArrayType  *remaining;
+
+	if (orphans == NULL)
+		return false;
+	values[0] = PointerGetDatum(orphans);
+	if (SPI_execute_plan(recover_plan, values, NULL, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
 		elog(ERROR, "could not recover interrupted tasks");
 	*failed = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));
 	*requeued = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 2, &isnull));
+	left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	remaining = DatumGetArrayTypeP(left);
+	*locked = ArrayGetNItems(ARR_NDIM(remaining), ARR_DIMS(remaining));
+	pfree(orphans);
+	orphans = NULL;
+	if (*locked > 0)
+		orphans = keep_array(left);
+	return true;
+}
+
+/*
+ * keep_array returns a copy of the array ids that lasts as long as the
+ * process.
+ */
+static ArrayType *
+keep_array(Datum ids)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	ArrayType  *copy = DatumGetArrayTypePCopy(ids);
+
+	MemoryContextSwitchTo(old);
+	return copy;
 }
 
 /*

@@ -2,12 +2,14 @@
 # immediate restart in the middle of 1,000 side-effecting tasks, a fast
 # shutdown with remote statements running, a remote server that goes down
 # and comes back, a pooled connection killed on the remote, a huge result,
-# and DROP EXTENSION / DROP DATABASE with a dispatcher running.
+# a dispatcher stopped while a submitter's open transaction locks a running
+# task, and DROP EXTENSION / DROP DATABASE with a dispatcher running.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use FindBin;
 use lib $FindBin::RealBin;
 use TaskFdwNode;
@@ -194,6 +196,53 @@ ok($node->poll_query_until('postgres', qq{
 SELECT count(*) = 1 FROM pg_stat_activity
  WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid}),
 	'a dispatcher terminated with pg_terminate_backend comes back by itself');
+
+# --- A task left running whose row a submitter's open transaction has
+# locked (a cancel not committed yet) does not hold up the next dispatcher:
+# it runs other tasks at once, and records that task as interrupted once
+# the transaction ends, waking the sessions that wait for it.
+my $left = $node->safe_psql('postgres',
+	"INSERT INTO remote_tasks(sql) VALUES ('SELECT pg_sleep(601)') RETURNING id");
+$remote->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(601)'")
+  or die 'the task did not start';
+my $locker = $node->background_psql('postgres');
+$locker->query_safe("BEGIN; UPDATE remote_tasks SET state = 'cancelled' WHERE id = $left");
+my $offset = -s $node->logfile;
+$old_pid = dispatcher_pid();
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+$node->poll_query_until('postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid})
+  or die 'the dispatcher did not come back';
+my $next = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id");
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($next, '30s')"), 'done',
+	'a new dispatcher runs tasks while a task left running is locked by a submitter');
+is($node->safe_psql('postgres', "SELECT state FROM remote_tasks WHERE id = $left"), 'running',
+	'the locked task is left as it is meanwhile');
+like(slurp_file($node->logfile, $offset),
+	qr/task_fdw found 1 task left running by an earlier dispatcher that another transaction has locked/,
+	'the new dispatcher says it found the task locked');
+# A session already waiting for the task, with no timeout of its own, must
+# be woken when it is recorded (statement_timeout ends the wait otherwise).
+my $waiter = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $node->connstr('postgres'),
+	  '-c', "SET statement_timeout = '60s'", '-c', "SELECT task_fdw.wait($left)" ],
+	'>', \my $waited, '2>', \my $waiter_err);
+$node->poll_query_until('postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE query = 'SELECT task_fdw.wait($left)' AND wait_event_type = 'Extension'})
+  or die 'the waiting session did not start waiting';
+$locker->query_safe('COMMIT');
+$locker->quit;
+$waiter->finish;
+is("$waited$waiter_err", "failed\n",
+	'once the transaction ended, the task is recorded as interrupted, and its waiter woken');
+is($node->safe_psql('postgres', "SELECT sqlstate FROM remote_tasks WHERE id = $left"), '57P02',
+	'with 57P02');
+like(slurp_file($node->logfile, $offset),
+	qr/task_fdw recorded 1 interrupted tasks as failed and queued 0 again/,
+	'and the log counts it');
 
 # --- Settings of the database that would make the dispatcher's own
 # transactions fail (it would exit, and fail again at each restart): it runs
