@@ -59,6 +59,19 @@ sub dispatcher_pid
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'");
 }
 
+# Terminates the dispatcher of database postgres with pg_terminate_backend
+# (in a session that first runs $prefix, if given), and returns whether
+# another one started by itself.
+sub terminate_dispatcher
+{
+	my ($prefix) = @_;
+	my $old = dispatcher_pid();
+	$node->safe_psql('postgres', ($prefix // '') . "SELECT pg_terminate_backend($old)");
+	return $node->poll_query_until('postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old});
+}
+
 # --- SIGKILL of the dispatcher in the middle of 1,000 tasks (at most once).
 submit_effects('tasks', 1, 1000);
 $node->poll_query_until('postgres', 'SELECT count(*) >= 100 FROM effects')
@@ -190,12 +203,7 @@ is($node->safe_psql('postgres', "SELECT rows || ' ' || jsonb_array_length(result
 	'10000000 1000 true', 'all rows were counted, the first 1,000 kept');
 
 # --- A dispatcher terminated with pg_terminate_backend comes back by itself.
-my $old_pid = dispatcher_pid();
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
-ok($node->poll_query_until('postgres', qq{
-SELECT count(*) = 1 FROM pg_stat_activity
- WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid}),
-	'a dispatcher terminated with pg_terminate_backend comes back by itself');
+ok(terminate_dispatcher(), 'a dispatcher terminated with pg_terminate_backend comes back by itself');
 
 # --- A task left running whose row a submitter's open transaction has
 # locked (a cancel not committed yet) does not hold up the next dispatcher:
@@ -209,12 +217,7 @@ $remote->poll_query_until('postgres',
 my $locker = $node->background_psql('postgres');
 $locker->query_safe("BEGIN; UPDATE remote_tasks SET state = 'cancelled' WHERE id = $left");
 my $offset = -s $node->logfile;
-$old_pid = dispatcher_pid();
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
-$node->poll_query_until('postgres', qq{
-SELECT count(*) = 1 FROM pg_stat_activity
- WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid})
-  or die 'the dispatcher did not come back';
+terminate_dispatcher() or die 'the dispatcher did not come back';
 my $next = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id");
 is($node->safe_psql('postgres', "SELECT task_fdw.wait($next, '30s')"), 'done',
 	'a new dispatcher runs tasks while a task left running is locked by a submitter');
@@ -256,12 +259,7 @@ ALTER DATABASE postgres SET default_transaction_read_only = on;
 ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
 ALTER DATABASE postgres SET lock_timeout = '1ms';
 });
-$old_pid = dispatcher_pid();
-$node->safe_psql('postgres', "SET ROLE NONE; SELECT pg_terminate_backend($old_pid)");
-$node->poll_query_until('postgres', qq{
-SELECT count(*) = 1 FROM pg_stat_activity
- WHERE backend_type = 'task_fdw dispatcher' AND pid <> $old_pid})
-  or die 'the dispatcher did not come back';
+terminate_dispatcher('SET ROLE NONE; ') or die 'the dispatcher did not come back';
 my $restarted_pid = dispatcher_pid();
 my $ro = $node->safe_psql('postgres', q{
 SET ROLE NONE;
