@@ -37,6 +37,13 @@
 #define tfdw_my_procno() (MyProc->pgprocno)
 #endif
 
+/* This backend's local id of its current transaction. */
+#if PG_VERSION_NUM >= 170000
+#define tfdw_local_xid() (MyProc->vxid.lxid)
+#else
+#define tfdw_local_xid() (MyProc->lxid)
+#endif
+
 /*
  * Wait events.  PostgreSQL 17 lets an extension name its own: the
  * dispatcher's event loop (TaskFdwDispatcher), the launcher's

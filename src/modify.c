@@ -687,7 +687,7 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 
 	TaskFdwRequestDispatcher(what);
 	tuple = TaskStoreChangeTask(state->store, id, values, nulls);
-	if ((what & TFDW_XACT_FINISHED) && TaskStoreNotifyRoom())
+	if (what & TFDW_XACT_FINISHED)
 		TaskStoreNotifyFinished(id, TFDW_STATE_CANCELLED);
 	return returning_slot(state, slot, tuple);
 }

@@ -873,7 +873,6 @@ QueueRecordFinishes(dlist_head *tasks)
 {
 	RowWriter	w;
 	dlist_iter	iter;
-	int			notify = -1;	/* not known yet */
 
 	writer_begin(&w);
 	dlist_foreach(iter, tasks)
@@ -892,11 +891,7 @@ QueueRecordFinishes(dlist_head *tasks)
 		{
 			case ROW_WRITTEN:
 				task->row_tid = w.newslot->tts_tid;
-				if (strcmp(written, TFDW_STATE_QUEUED) == 0)
-					break;
-				if (notify < 0)
-					notify = TaskStoreNotifyRoom();
-				if (notify)
+				if (strcmp(written, TFDW_STATE_QUEUED) != 0)
 					TaskStoreNotifyFinished(task->id, written);
 				break;
 			case ROW_GONE:

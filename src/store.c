@@ -491,8 +491,7 @@ TaskStoreCountUnfinished(void)
 }
 
 /*
- * TaskStoreNotifyRoom returns whether completion notifications may be sent
- * now: whether PostgreSQL's notification queue is at most
+ * notify_room returns whether completion notifications may be sent now: whether PostgreSQL's notification queue is at most
  * task_fdw.notify_queue_limit full.
  *
  * A session that listens but does not read (one idle in a transaction, say)
@@ -504,8 +503,8 @@ TaskStoreCountUnfinished(void)
  * a task gets a warning.  Reading the usage also moves the queue's tail up
  * to the slowest listener, so the queue empties once that one reads.
  */
-bool
-TaskStoreNotifyRoom(void)
+static bool
+notify_room(void)
 {
 	static bool skipping = false;
 	LOCAL_FCINFO(fcinfo, 0);
@@ -535,12 +534,23 @@ TaskStoreNotifyRoom(void)
 
 /*
  * TaskStoreNotifyFinished queues the completion notification of task id,
- * sent on channel task_fdw when the transaction commits.  Callers first ask
- * TaskStoreNotifyRoom, once per transaction.
+ * sent on channel task_fdw when the transaction commits, unless the
+ * notification queue has no room (see notify_room), which is asked once per
+ * transaction: a dispatcher turn, or a session's cancels.
  */
 void
 TaskStoreNotifyFinished(int64 id, const char *state)
 {
+	static LocalTransactionId asked_in = InvalidLocalTransactionId;
+	static bool room = false;
+
+	if (tfdw_local_xid() != asked_in)
+	{
+		room = notify_room();
+		asked_in = tfdw_local_xid();
+	}
+	if (!room)
+		return;
 	Async_Notify(TFDW_NOTIFY_CHANNEL,
 				 psprintf("{\"id\": " INT64_FORMAT ", \"state\": \"%s\"}", id, state));
 }

@@ -377,7 +377,6 @@ extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);
 extern HeapTuple TaskStoreDeleteTask(Relation rel, int64 id);
-extern bool TaskStoreNotifyRoom(void);
 extern void TaskStoreNotifyFinished(int64 id, const char *state);
 typedef void (*TaskStoreTaskCallback) (HeapTuple tup, TupleDesc desc, bool running,
 									   void *arg);
