@@ -16,6 +16,7 @@
 #   W6 dispatcher footprint during W1 at P = 4 and 8
 set -eu
 N=${BENCH_TASKS:-20000}
+RUNS=3		# runs of W1 per figure, which is their median
 . "$(dirname "$0")/../test/cluster.sh"
 start_cluster bench "max_connections = 100" "shared_buffers = 256MB" \
 	"task_fdw.idle_timeout = '10min'" "task_fdw.max_result_rows = 100"
@@ -186,36 +187,40 @@ SQL
 	kill "$sampler"
 	wait "$sampler" 2>/dev/null || true
 	anon_kb=$(cat "$dir/anon_kb")
-	tasks_s=$(echo "$N $t" | awk '{ printf "%.0f", $1 / $2 }')
+	tasks_s=$(per_second "$t")
 }
 
-# median3 A B C prints the middle one of three numbers.
-median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+# per_second SECONDS prints how many of the N statements ran per second.
+per_second() { echo "$N $1" | awk '{ printf "%.0f", $1 / $2 }'; }
 
-# w1_median TABLE P: runs w1 three times, and sets tasks_s to the median
-# tasks per second, cpu_ticks_used to the dispatcher's CPU over all three
+# median X...: prints the median of an odd number of numbers.
+median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
+
+# w1_median TABLE P: runs w1 RUNS times, and sets tasks_s to the median
+# tasks per second, cpu_ticks_used to the dispatcher's CPU over all runs
 # and anon_kb to the highest private memory seen.  One run of W1 takes
 # about a second, and varies by up to 15% from the next on this machine.
 w1_median() {
 	rates="" cpu_all=0 anon_max=0
-	for run in 1 2 3; do
+	for run in $(seq "$RUNS"); do
 		w1 "$1" "$2"
 		rates="$rates $tasks_s"
 		cpu_all=$((cpu_all + cpu_ticks_used))
 		[ "$anon_kb" -gt "$anon_max" ] && anon_max=$anon_kb
 	done
-	tasks_s=$(median3 $rates)
+	tasks_s=$(median $rates)
 	cpu_ticks_used=$cpu_all
 	anon_kb=$anon_max
 }
 
-# dblink_median P: the median statements per second of three runs of W1
+# dblink_median P: the median statements per second of RUNS runs of W1
 # through dblink_pool.
 dblink_median() {
-	for run in 1 2 3; do
-		d=$(q -c "SELECT dblink_pool($N, $1, 'SELECT 1')")
-		echo "$N $d" | awk '{ printf "%.0f\n", $1 / $2 }'
-	done | sort -n | sed -n 2p
+	rates=""
+	for run in $(seq "$RUNS"); do
+		rates="$rates $(per_second "$(q -c "SELECT dblink_pool($N, $1, 'SELECT 1')")")"
+	done
+	median $rates
 }
 
 ratios() { echo "$1 $2 $3" | awk '{ printf "x%.2f of dblink, x%.3f of ceiling", $1 / $2, $1 / $3 }'; }
@@ -233,7 +238,7 @@ for p in 1 2 4 8; do
 	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(ratios "$tfdw" "$dbl" "$pgb")"
 	[ "$p" -lt 4 ] && continue
 	row "W1 tasks/s, P=$p, reset_session off" "$tasks_s" "$dbl" "$pgb" "$(ratios "$tasks_s" "$dbl" "$pgb")"
-	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk '{ printf "%.3f", $1 / 100 / (3 * $2 / 1000) }')" "" "" ""
+	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk -v runs="$RUNS" '{ printf "%.3f", $1 / 100 / (runs * $2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 	row "W6 of which private, peak MB, P=$p" "$(echo "$anon" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" ""
 done
