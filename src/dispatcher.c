@@ -93,7 +93,8 @@ static void dispatcher_loop(void);
 static void advance_ready(WaitEvent *events, int nevents);
 static void take_hints(void);
 static void recover_orphans(TimestampTz now);
-static void log_recovered(void);
+static bool orphans_due(TimestampTz now);
+static void after_recovery_commit(void);
 static bool bookkeeping_needed(TimestampTz now);
 static bool gathering(TimestampTz now);
 static void bookkeeping(TimestampTz now);
@@ -299,7 +300,7 @@ TaskFdwDispatcherMain(Datum main_arg)
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
 	StatsAttach(my_slot);
-	log_recovered();
+	after_recovery_commit();
 
 	last_activity = GetCurrentTimestamp();
 	dispatcher_loop();
@@ -440,8 +441,8 @@ take_hints(void)
 
 /*
  * recover_orphans records as interrupted the tasks an earlier dispatcher
- * left running, in the caller's transaction, for log_recovered to report
- * once it commits.  Rows that other transactions have locked (a submitter
+ * left running, in the caller's transaction, for after_recovery_commit to
+ * report once it commits.  Rows that other transactions have locked (a submitter
  * cancelling the task, say) are not waited for: they are tried again
  * DEFERRED_RETRY_MS later, while the dispatcher runs other tasks.
  */
@@ -466,12 +467,22 @@ recover_orphans(TimestampTz now)
 }
 
 /*
- * log_recovered reports the tasks that recover_orphans recorded, once their
- * transaction has committed, wakes the sessions waiting for tasks, and has
- * the queue looked at for those queued again.
+ * orphans_due returns whether tasks an earlier dispatcher left running, and
+ * that were locked, are due to be tried again.
+ */
+static bool
+orphans_due(TimestampTz now)
+{
+	return orphans_retry_at != 0 && now >= orphans_retry_at;
+}
+
+/*
+ * after_recovery_commit reports the tasks that recover_orphans recorded,
+ * once their transaction has committed, wakes the sessions waiting for
+ * tasks, and has the queue looked at for those queued again.
  */
 static void
-log_recovered(void)
+after_recovery_commit(void)
 {
 	if (orphans_failed == 0 && orphans_requeued == 0)
 		return;
@@ -496,8 +507,7 @@ bookkeeping_needed(TimestampTz now)
 
 	if (now < store_retry_at)
 		return false;
-	if (check_cancels || cancels_due(now) ||
-		(orphans_retry_at != 0 && now >= orphans_retry_at))
+	if (check_cancels || cancels_due(now) || orphans_due(now))
 		return true;
 	if (gathering(now))
 		return false;
@@ -733,7 +743,7 @@ bookkeeping(TimestampTz now)
 		return;
 
 	record_finished();
-	if (orphans_retry_at != 0 && now >= orphans_retry_at)
+	if (orphans_due(now))
 		recover_orphans(now);
 
 	running = running_tasks(false);
@@ -793,7 +803,7 @@ bookkeeping(TimestampTz now)
 	}
 
 	QueueCommit();
-	log_recovered();
+	after_recovery_commit();
 	if (recorded)
 		TaskFdwWakeWaiters();
 
