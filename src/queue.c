@@ -46,6 +46,7 @@
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "task_fdw.h"
@@ -195,7 +196,7 @@ static MemoryContext caller_cxt = NULL;
  * for that lock: if another transaction holds a conflicting one (DDL on the
  * store, DROP EXTENSION), it ends the transaction and returns QUEUE_BUSY.
  * It returns QUEUE_GONE, also without a transaction, if the extension is no
- * longer installed.
+ * longer installed, or was dropped while the lock was being taken.
  */
 QueueStatus
 QueueBegin(bool nowait)
@@ -218,6 +219,13 @@ QueueBegin(bool nowait)
 	}
 	if (!nowait)
 		LockRelationOid(relid, RowExclusiveLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+	{
+		/* DROP EXTENSION committed while the lock was being taken. */
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(caller_cxt);
+		return QUEUE_GONE;
+	}
 	if (store_natts(relid) != Natts_task)
 	{
 		/* Installed by an older version: wait for ALTER EXTENSION UPDATE. */

@@ -3,7 +3,8 @@
 # shutdown with remote statements running, a remote server that goes down
 # and comes back, a pooled connection killed on the remote, a huge result,
 # a dispatcher stopped while a submitter's open transaction locks a running
-# task, and DROP EXTENSION / DROP DATABASE with a dispatcher running.
+# task, DROP EXTENSION (also committed while a new dispatcher waits for
+# its lock) and DROP DATABASE with a dispatcher running.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -218,8 +219,8 @@ my $locker = $node->background_psql('postgres');
 $locker->query_safe("BEGIN; UPDATE remote_tasks SET state = 'cancelled' WHERE id = $left");
 my $offset = -s $node->logfile;
 terminate_dispatcher() or die 'the dispatcher did not come back';
-my $next = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id");
-is($node->safe_psql('postgres', "SELECT task_fdw.wait($next, '30s')"), 'done',
+my $other = $node->safe_psql('postgres', "INSERT INTO tasks(sql) VALUES ('SELECT 1') RETURNING id");
+is($node->safe_psql('postgres', "SELECT task_fdw.wait($other, '30s')"), 'done',
 	'a new dispatcher runs tasks while a task left running is locked by a submitter');
 is($node->safe_psql('postgres', "SELECT state FROM remote_tasks WHERE id = $left"), 'running',
 	'the locked task is left as it is meanwhile');
@@ -336,6 +337,34 @@ $node->safe_psql('victim', 'DELETE FROM tasks; DROP EXTENSION task_fdw CASCADE')
 ok($node->poll_query_until('postgres',
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
 	'after DROP EXTENSION the dispatcher exits');
+install_with_queued_task();
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
+  or die 'no dispatcher in victim';
+
+# A dispatcher that starts while an uncommitted DROP EXTENSION holds the task
+# store's lock waits for it, and once the drop commits exits as for any
+# database without task_fdw: it does not fail on the store it had found.
+my $dropper = $node->background_psql('victim');
+$dropper->query_safe(
+	'SET client_min_messages = warning; BEGIN; DELETE FROM tasks; DROP EXTENSION task_fdw CASCADE');
+my $drop_offset = -s $node->logfile;
+my $victim_pid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($victim_pid)");
+ok( $node->poll_query_until('victim', qq{
+SELECT count(*) = 1 FROM pg_stat_activity a JOIN pg_locks l USING (pid)
+ WHERE a.backend_type = 'task_fdw dispatcher' AND a.datname = 'victim'
+   AND a.pid <> $victim_pid AND l.relation = 'task_fdw.task'::regclass AND NOT l.granted}),
+	'a new dispatcher waits for the lock of the store being dropped');
+$dropper->query_safe('COMMIT');
+$dropper->quit;
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
+	'and exits once the drop commits');
+unlike(substr(slurp_file($node->logfile), $drop_offset),
+	qr/exited with exit code 1|\bERROR:.*task_fdw|could not open relation/,
+	'without an error');
 install_with_queued_task();
 $node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
