@@ -650,21 +650,26 @@ cancels_due(TimestampTz now)
 }
 
 /*
- * start_cancel opens a canceller for running task, or says (once per task)
- * why none can be opened: the task then runs until it ends.
+ * start_cancel opens a canceller for running task, or says why none can be
+ * opened: the task then runs until it ends.  That is logged once per task;
+ * the later tries, at DEBUG1.
  */
 static void
 start_cancel(Task *task)
 {
 	const char *problem = PoolStartCancel(task->pool, task->remote_pid);
 
-	if (problem != NULL && !task->cancel_problem_logged)
-	{
+	if (problem == NULL)
+		return;
+	if (task->cancel_problem_logged)
+		ereport(DEBUG1,
+				(errmsg_internal("task_fdw still cannot cancel task " INT64_FORMAT ": %s",
+								 task->id, problem)));
+	else
 		ereport(LOG,
 				(errmsg("task_fdw cannot cancel task " INT64_FORMAT ": %s; it runs until it ends",
 						task->id, problem)));
-		task->cancel_problem_logged = true;
-	}
+	task->cancel_problem_logged = true;
 }
 
 /*
