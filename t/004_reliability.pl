@@ -328,19 +328,23 @@ INSERT INTO tasks(sql, run_at) VALUES ('SELECT 1', now() + interval '1 hour');
 });
 	return;
 }
+# Waits until database victim has $n dispatchers; false if it never has.
+sub victim_dispatchers_are
+{
+	my ($n) = @_;
+	return $node->poll_query_until('postgres', qq{
+SELECT count(*) = $n FROM pg_stat_activity
+ WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'});
+}
 $node->safe_psql('postgres', 'CREATE DATABASE victim');
 install_with_queued_task();
 my ($rc, $out, $err) = $node->psql('victim', 'DROP EXTENSION task_fdw CASCADE');
 like($err, qr/cannot drop extension task_fdw while tasks are queued or running/,
 	'DROP EXTENSION is refused while a task is queued');
 $node->safe_psql('victim', 'DELETE FROM tasks; DROP EXTENSION task_fdw CASCADE');
-ok($node->poll_query_until('postgres',
-		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
-	'after DROP EXTENSION the dispatcher exits');
+ok(victim_dispatchers_are(0), 'after DROP EXTENSION the dispatcher exits');
 install_with_queued_task();
-$node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
-  or die 'no dispatcher in victim';
+victim_dispatchers_are(1) or die 'no dispatcher in victim';
 
 # A dispatcher that starts while an uncommitted DROP EXTENSION holds the task
 # store's lock waits for it, and once the drop commits exits as for any
@@ -359,16 +363,12 @@ SELECT count(*) = 1 FROM pg_stat_activity a JOIN pg_locks l USING (pid)
 	'a new dispatcher waits for the lock of the store being dropped');
 $dropper->query_safe('COMMIT');
 $dropper->quit;
-ok( $node->poll_query_until('postgres',
-		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'"),
-	'and exits once the drop commits');
+ok(victim_dispatchers_are(0), 'and exits once the drop commits');
 unlike(substr(slurp_file($node->logfile), $drop_offset),
 	qr/exited with exit code 1|\bERROR:.*task_fdw|could not open relation/,
 	'without an error');
 install_with_queued_task();
-$node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher' AND datname = 'victim'")
-  or die 'no dispatcher in victim';
+victim_dispatchers_are(1) or die 'no dispatcher in victim';
 # DROP DATABASE waits 5 s at most for the database's sessions to go, then
 # fails: success means the dispatcher left in time.
 ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE victim');
