@@ -10,7 +10,7 @@ PGFILEDESC = "task_fdw - run SQL statements as background tasks"
 
 REGRESS = setup options tables submit execution control security bad_input fanout
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/task_fdw.conf
-ISOLATION = visibility cancel monitor_lock
+ISOLATION = visibility cancel monitor_lock drop_extension
 ISOLATION_OPTS = --temp-instance=./tmp_iso --temp-config=$(srcdir)/test/task_fdw.conf
 TAP_TESTS = 1
 EXTRA_CLEAN = tmp_regress tmp_iso

@@ -27,6 +27,7 @@
 #include "fmgr.h"
 #include "foreign/foreign.h"
 #include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -248,32 +249,57 @@ task_fdw_check_table(PG_FUNCTION_ARGS)
 }
 
 /*
- * TaskStoreRelid returns the OID of the task store, task_fdw.task.
+ * TaskStoreLock locks the task store, task_fdw.task, with lockmode and
+ * returns its OID, or InvalidOid if the extension is not installed: also
+ * when a transaction that dropped it committed while this one waited for
+ * the lock.  With nowait it does not wait: if another transaction holds a
+ * conflicting lock, it returns InvalidOid and sets *busy.
  */
 Oid
-TaskStoreRelid(void)
+TaskStoreLock(LOCKMODE lockmode, bool nowait, bool *busy)
 {
-	Oid			nspid = get_namespace_oid("task_fdw", true);
-	Oid			relid = OidIsValid(nspid) ? get_relname_relid("task", nspid) : InvalidOid;
+	if (busy)
+		*busy = false;
+	for (;;)
+	{
+		Oid			nspid = get_namespace_oid("task_fdw", true);
+		Oid			relid = OidIsValid(nspid) ? get_relname_relid("task", nspid) : InvalidOid;
+
+		if (!OidIsValid(relid))
+			return InvalidOid;
+		if (!nowait)
+			LockRelationOid(relid, lockmode);
+		else if (!ConditionalLockRelationOid(relid, lockmode))
+		{
+			*busy = true;
+			return InvalidOid;
+		}
+		/* Taking the lock read the catalog changes committed meanwhile. */
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			return relid;
+		/* Dropped while this transaction waited: look for it again. */
+		UnlockRelationOid(relid, lockmode);
+	}
+}
+
+/*
+ * TaskStoreOpen opens the task store with lockmode, raising an error when
+ * the extension is not installed, or when the store is not the one this
+ * library expects: the extension was installed by an older version and not
+ * updated since.
+ */
+Relation
+TaskStoreOpen(LOCKMODE lockmode)
+{
+	Oid			relid = TaskStoreLock(lockmode, false, NULL);
+	Relation	rel;
 
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"task_fdw\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION task_fdw.")));
-	return relid;
-}
-
-/*
- * TaskStoreOpen opens the task store with lockmode, raising an error when
- * it is not the one this library expects: the extension was installed by
- * an older version and not updated since.
- */
-Relation
-TaskStoreOpen(LOCKMODE lockmode)
-{
-	Relation	rel = table_open(TaskStoreRelid(), lockmode);
-
+	rel = table_open(relid, NoLock);
 	if (RelationGetDescr(rel)->natts != Natts_task)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -46,7 +46,6 @@
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "task_fdw.h"
@@ -201,30 +200,18 @@ static MemoryContext caller_cxt = NULL;
 QueueStatus
 QueueBegin(bool nowait)
 {
-	Oid			nspid;
-	Oid			relid = InvalidOid;
+	Oid			relid;
+	bool		busy;
 
 	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	nspid = get_namespace_oid("task_fdw", true);
-	if (OidIsValid(nspid))
-		relid = get_relname_relid("task", nspid);
-	if (!OidIsValid(relid) ||
-		(nowait && !ConditionalLockRelationOid(relid, RowExclusiveLock)))
+	relid = TaskStoreLock(RowExclusiveLock, nowait, &busy);
+	if (!OidIsValid(relid))
 	{
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(caller_cxt);
-		return OidIsValid(relid) ? QUEUE_BUSY : QUEUE_GONE;
-	}
-	if (!nowait)
-		LockRelationOid(relid, RowExclusiveLock);
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
-	{
-		/* DROP EXTENSION committed while the lock was being taken. */
-		AbortCurrentTransaction();
-		MemoryContextSwitchTo(caller_cxt);
-		return QUEUE_GONE;
+		return busy ? QUEUE_BUSY : QUEUE_GONE;
 	}
 	if (store_natts(relid) != Natts_task)
 	{

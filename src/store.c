@@ -475,15 +475,22 @@ count_task(HeapTuple tup, TupleDesc desc, bool running, void *count)
 
 /*
  * TaskStoreCountUnfinished returns how many tasks of this database are
- * queued or running, as last committed.
+ * queued or running, as last committed: 0 if the extension is no longer
+ * installed (dropped by a transaction that committed while this one
+ * waited for the store's lock).
  */
 int64
 TaskStoreCountUnfinished(void)
 {
-	Relation	rel = table_open(TaskStoreRelid(), AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	Oid			relid = TaskStoreLock(AccessShareLock, false, NULL);
+	Relation	rel;
+	Snapshot	snapshot;
 	int64		count = 0;
 
+	if (!OidIsValid(relid))
+		return 0;
+	rel = table_open(relid, NoLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	TaskStoreForEachUnfinished(rel, snapshot, count_task, &count);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);

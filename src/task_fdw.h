@@ -303,7 +303,7 @@ extern const TaskAttribute *TaskAttributeLookup(const char *name);
 extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
 extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
-extern Oid	TaskStoreRelid(void);
+extern Oid	TaskStoreLock(LOCKMODE lockmode, bool nowait, bool *busy);
 extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern SysScanDesc TaskStoreBeginStateScan(Relation rel, Snapshot snapshot,

@@ -50,7 +50,7 @@ static bool wait_sleep(TimestampTz deadline);
 static void check_not_mine(int64 id, bool mine, const char *state);
 static void read_task_state(Relation rel, Oid pkey, int64 id, char **state);
 static int64 read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states);
-static bool task_ended(Oid relid, Oid pkey, int64 id);
+static bool task_ended(Oid pkey, int64 id);
 
 /*
  * TaskFdwWakeWaiters wakes every session waiting for tasks to finish.
@@ -96,7 +96,6 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 static void
 wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 {
-	Oid			relid = TaskStoreRelid();
 	Oid			pkey = TaskStoreIndex("task_pkey");
 	int			first = 0;		/* the tasks before it are final */
 	bool		read_all = true;	/* the first pass, or the last one */
@@ -105,7 +104,7 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
-		Relation	rel = table_open(relid, AccessShareLock);
+		Relation	rel = TaskStoreOpen(AccessShareLock);
 		int			i;
 
 		for (i = first; i < n; i++)
@@ -305,9 +304,9 @@ read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
  * task_ended returns whether task id is finished, or gone.
  */
 static bool
-task_ended(Oid relid, Oid pkey, int64 id)
+task_ended(Oid pkey, int64 id)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
+	Relation	rel = TaskStoreOpen(AccessShareLock);
 	bool		mine;
 	char	   *state = TaskStoreReadState(rel, pkey, id, &mine);
 	bool		ended = state == NULL || TaskStateIsFinal(state);
@@ -326,7 +325,6 @@ Datum
 task_fdw_wait_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			relid;
 	Oid			index;
 	Oid			pkey;
 	TimestampTz deadline;
@@ -342,14 +340,13 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("batch must not be null")));
 	deadline = wait_deadline(fcinfo, 1);
-	relid = TaskStoreRelid();
 	index = TaskStoreIndex("task_batch_idx");
 	pkey = TaskStoreIndex("task_pkey");
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
-		Relation	rel = table_open(relid, AccessShareLock);
+		Relation	rel = TaskStoreOpen(AccessShareLock);
 		int64		pending = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states);
 
 		/* No lock is held while sleeping: DDL on the store is not blocked. */
@@ -369,7 +366,7 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 		 */
 		do
 			timed_out = !wait_sleep(deadline);
-		while (!timed_out && !task_ended(relid, pkey, pending));
+		while (!timed_out && !task_ended(pkey, pending));
 	}
 	ConditionVariableCancelSleep();
 
