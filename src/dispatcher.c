@@ -94,7 +94,7 @@ static void advance_ready(WaitEvent *events, int nevents);
 static void take_hints(void);
 static void recover_orphans(TimestampTz now);
 static bool orphans_due(TimestampTz now);
-static void after_recovery_commit(void);
+static bool after_recovery_commit(void);
 static bool bookkeeping_needed(TimestampTz now);
 static bool gathering(TimestampTz now);
 static void bookkeeping(TimestampTz now);
@@ -300,7 +300,8 @@ TaskFdwDispatcherMain(Datum main_arg)
 			(errmsg("task_fdw dispatcher started for database \"%s\"", my_dbname)));
 	QueueCommit();
 	StatsAttach(my_slot);
-	after_recovery_commit();
+	if (after_recovery_commit())
+		TaskFdwWakeWaiters();
 
 	last_activity = GetCurrentTimestamp();
 	dispatcher_loop();
@@ -478,21 +479,22 @@ orphans_due(TimestampTz now)
 
 /*
  * after_recovery_commit reports the tasks that recover_orphans recorded,
- * once their transaction has committed, wakes the sessions waiting for
- * tasks, and has the queue looked at for those queued again.
+ * once their transaction has committed, and has the queue looked at for
+ * those queued again.  Returns whether it recorded any: the caller wakes
+ * the sessions waiting for tasks.
  */
-static void
+static bool
 after_recovery_commit(void)
 {
 	if (orphans_failed == 0 && orphans_requeued == 0)
-		return;
+		return false;
 	ereport(LOG,
 			(errmsg("task_fdw recorded %d interrupted tasks as failed and queued %d again (on_interrupt 'retry')",
 					orphans_failed, orphans_requeued)));
-	TaskFdwWakeWaiters();
 	if (orphans_requeued > 0)
 		discover = true;
 	orphans_failed = orphans_requeued = 0;
+	return true;
 }
 
 /*
@@ -808,20 +810,19 @@ bookkeeping(TimestampTz now)
 	}
 
 	QueueCommit();
-	after_recovery_commit();
-	if (recorded)
+	/* One wake-up for this turn's outcomes and recovered tasks alike. */
+	if (after_recovery_commit() || recorded)
 		TaskFdwWakeWaiters();
 
+	if (recorded || !dlist_is_empty(&sendable))
+		last_activity = GetCurrentTimestamp();
 	dlist_foreach_modify(iter, &sendable)
 	{
 		Task	   *task = dlist_container(Task, node, iter.cur);
 
 		dlist_delete(&task->node);
 		ConnSendTask(task->conn);
-		recorded = true;
 	}
-	if (recorded)
-		last_activity = GetCurrentTimestamp();
 }
 
 /*

@@ -498,7 +498,8 @@ TaskStoreCountUnfinished(void)
 }
 
 /*
- * notify_room returns whether completion notifications may be sent now: whether PostgreSQL's notification queue is at most
+ * notify_room returns whether completion notifications may be sent now:
+ * whether PostgreSQL's notification queue is at most
  * task_fdw.notify_queue_limit full.
  *
  * A session that listens but does not read (one idle in a transaction, say)
