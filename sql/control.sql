@@ -6,6 +6,22 @@
 -- task ids in messages below do not depend on the tests before this one
 SELECT setval('task_fdw.task_id_seq', 100000, false);
 
+-- waits until query returns true, trying every 20 ms (each try reads its
+-- tables afresh), or raises an error saying what did not happen in 60 s
+CREATE PROCEDURE poll(query text, what text) LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    FOR i IN 1 .. 3000 LOOP
+        EXECUTE query INTO ok;
+        IF ok THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+    RAISE EXCEPTION '% within 60 s', what;
+END $$;
+
 -- options that set attribute defaults are validated
 CREATE SERVER ctl FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1', priority 'high');
 CREATE SERVER ctl FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1', timeout '-5s');
@@ -59,17 +75,9 @@ INSERT INTO ctl_tasks(sql, priority) VALUES
 -- The connection may claim the three ahead of the blocker, recorded as
 -- running; they go back to the queue once the blocker has run for a while
 -- (20 ms), and none is claimed ahead of it after that.  Wait for both.
-DO $$
-BEGIN
-    FOR i IN 1 .. 3000 LOOP
-        IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)
-           AND (SELECT count(*) FROM ctl_tasks WHERE state = 'queued') = 3 THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-    RAISE EXCEPTION 'the blocker did not start, or the other tasks did not go back to the queue, within 60 s';
-END $$;
+CALL poll($$SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)
+              AND (SELECT count(*) FROM ctl_tasks WHERE state = 'queued') = 3$$,
+          'the blocker did not start, or the other tasks did not go back to the queue,');
 -- while the blocker holds the connection, queue one more and cancel it
 INSERT INTO ctl_tasks(sql, priority) VALUES
     ($$INSERT INTO run_order(label) VALUES ('cancelled')$$, 50)
@@ -95,17 +103,9 @@ SELECT pg_advisory_lock(4242);
 INSERT INTO ctl_tasks(sql) VALUES ('SELECT pg_advisory_xact_lock(4242)')
 RETURNING id AS running_id \gset
 -- wait until the task runs: its remote statement waits for the lock (pg_locks,
--- unlike pg_stat_activity, is read afresh within the DO block)
-DO $$
-BEGIN
-    FOR i IN 1 .. 3000 LOOP
-        IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted) THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-    RAISE EXCEPTION 'the task did not start waiting for the advisory lock within 60 s';
-END $$;
+-- unlike pg_stat_activity, is read afresh within the procedure)
+CALL poll($$SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)$$,
+          'the task did not start waiting for the advisory lock');
 UPDATE ctl_tasks SET state = 'cancelled' WHERE id = :running_id;
 SELECT task_fdw.wait(:running_id, '60s');
 SELECT started_at IS NOT NULL AS started, sqlstate, error FROM ctl_tasks WHERE id = :running_id;
@@ -250,18 +250,12 @@ RESET statement_timeout;
 -- They run on a server of their own, as the slow task fills ctl's pool.
 CREATE SERVER ctl_wait FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4');
 CREATE USER MAPPING FOR CURRENT_USER SERVER ctl_wait;
--- waits until task id runs (each check reads the table afresh), so that the
--- blocked task of each pair is running, not still waiting for a connection
-CREATE PROCEDURE wait_running(task bigint) LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1 .. 3000 LOOP
-        IF EXISTS (SELECT FROM ctl_tasks WHERE id = task AND state = 'running') THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-    RAISE EXCEPTION 'task % did not start within 60 s', task;
-END $$;
+-- waits until task runs, so that the blocked task of each pair is running,
+-- not still waiting for a connection
+CREATE PROCEDURE wait_running(task bigint) LANGUAGE sql AS $$
+CALL poll(format('SELECT EXISTS (SELECT FROM ctl_tasks WHERE id = %s AND state = %L)', task, 'running'),
+          format('task %s did not start', task))
+$$;
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_advisory_xact_lock(4242)', 'pair', 'ctl_wait')
 RETURNING id AS blocked_id \gset
 INSERT INTO ctl_tasks(sql, batch, server) VALUES ('SELECT pg_sleep(0.3)', 'pair', 'ctl_wait')
@@ -308,3 +302,4 @@ DROP FOREIGN TABLE ctl_tasks, ctl_retry;
 DROP SCHEMA ctl;
 DROP TABLE run_order, vacuumed;
 DROP SEQUENCE runs;
+DROP PROCEDURE poll;
