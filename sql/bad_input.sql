@@ -166,6 +166,21 @@ SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER patient CASCADE;
 RESET client_min_messages;
 
+-- a statement that ends its own session, with on_interrupt 'retry': queued
+-- again at once after each interruption, but only until it has made 3
+-- attempts (task_fdw.max_interrupted_attempts), or max_attempts if higher;
+-- then it fails, with a hint saying why, rather than running forever
+CREATE FOREIGN TABLE retried_tasks (id bigint, sql text, max_attempts int) SERVER bad
+    OPTIONS (on_interrupt 'retry');
+INSERT INTO retried_tasks(sql) VALUES ('SELECT pg_terminate_backend(pg_backend_pid())')
+RETURNING id AS retried_default \gset
+INSERT INTO retried_tasks(sql, max_attempts) VALUES ('SELECT pg_terminate_backend(pg_backend_pid())', 5)
+RETURNING id AS retried_5 \gset
+SELECT state FROM task_fdw.wait(ARRAY[:retried_default, :retried_5]::bigint[], '60s');
+SELECT id - 300000 AS n, state, attempts, sqlstate, error, error_hint
+  FROM task_fdw.task WHERE id IN (:retried_default, :retried_5) ORDER BY id;
+DROP FOREIGN TABLE retried_tasks;
+
 DROP PROCEDURE run_bad;
 DROP TABLE bad_side;
 SET client_min_messages = warning;  -- the notice would name the superuser

@@ -122,23 +122,28 @@
 /*
  * Tasks an earlier dispatcher left running (those of $1) were interrupted
  * by a crash: failed, or queued again if their submitter said they may run
- * twice (and did not cancel them meanwhile).  Rows that a submitter's open
- * transaction has locked are left for later.  Returns how many tasks were
- * failed and queued again, and the ids of those left: still running, and
- * locked.
+ * twice (and did not cancel them meanwhile) and they have attempts left
+ * (fewer than $2, task_fdw.max_interrupted_attempts, or than max_attempts;
+ * a task failed for want of them gets hint $3).  Rows that a submitter's
+ * open transaction has locked are left for later.  Returns how many tasks
+ * were failed and queued again, and the ids of those left: still running,
+ * and locked.
  */
 #define RECOVER_SQL \
-	"WITH recovered AS (UPDATE task_fdw.task SET" \
-	" state = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
-	"              THEN 'queued' ELSE 'failed' END," \
-	" finished_at = CASE WHEN retry_interrupted AND cancel_requested_at IS NULL" \
-	"                    THEN NULL ELSE pg_catalog.now() END," \
+	"WITH recovered AS (UPDATE task_fdw.task t SET" \
+	" state = CASE WHEN o.again THEN 'queued' ELSE 'failed' END," \
+	" finished_at = CASE WHEN o.again THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
-	" while it ran, and the remote server may or may not have completed it'" \
-	" WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY(" \
-	"  SELECT id FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
-	"     AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED))" \
-	" RETURNING id, state)" \
+	" while it ran, and the remote server may or may not have completed it'," \
+	" error_detail = NULL, error_context = NULL," \
+	" error_hint = CASE WHEN o.retry AND NOT o.again THEN $3 END" \
+	" FROM (SELECT id, retry_interrupted AND cancel_requested_at IS NULL AS retry," \
+	"         retry_interrupted AND cancel_requested_at IS NULL" \
+	"         AND attempts OPERATOR(pg_catalog.<) pg_catalog.int4larger(max_attempts, $2) AS again" \
+	"       FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
+	"        AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED) o" \
+	" WHERE t.id OPERATOR(pg_catalog.=) o.id" \
+	" RETURNING t.id, t.state)" \
 	" SELECT pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'failed')::pg_catalog.int4," \
 	"        pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'queued')::pg_catalog.int4," \
 	"        ARRAY(SELECT id FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
@@ -311,13 +316,14 @@ QueuePrepare(void)
 	Oid			ids_type[1] = {INT8ARRAYOID};
 	Oid			time_type[1] = {TIMESTAMPTZOID};
 	Oid			purge_types[2] = {TIMESTAMPTZOID, INT4OID};
+	Oid			recover_types[3] = {INT8ARRAYOID, INT4OID, TEXTOID};
 
 	find_pools_plan = prepare_plan(FIND_POOLS_SQL, 0, NULL);
 	fetch_plan = prepare_plan(FETCH_SQL, 6, fetch_types);
 	cancelled_plan = prepare_plan(CANCELLED_SQL, 1, ids_type);
 	next_run_at_plan = prepare_plan(NEXT_RUN_AT_SQL, 1, time_type);
 	purge_plan = prepare_plan(PURGE_SQL, 2, purge_types);
-	recover_plan = prepare_plan(RECOVER_SQL, 1, ids_type);
+	recover_plan = prepare_plan(RECOVER_SQL, 3, recover_types);
 }
 
 /*
@@ -348,7 +354,7 @@ QueueFindOrphans(void)
 bool
 QueueRecoverOrphans(int *failed, int *requeued, int *locked)
 {
-	Datum		values[1];
+	Datum		values[3];
 	Datum		left;
 	bool		isnull;
 	ArrayType  *remaining;
@@ -356,6 +362,8 @@ QueueRecoverOrphans(int *failed, int *requeued, int *locked)
 	if (orphans == NULL)
 		return false;
 	values[0] = PointerGetDatum(orphans);
+	values[1] = Int32GetDatum(TaskFdwMaxInterruptedAttempts);
+	values[2] = CStringGetTextDatum(TFDW_INTERRUPTED_HINT);
 	if (SPI_execute_plan(recover_plan, values, NULL, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not recover interrupted tasks");

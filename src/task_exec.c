@@ -1190,8 +1190,9 @@ format_usecs(int64 usecs)
  * TaskResolveOutcome decides what to record for a finished task, and returns
  * the state: a remote cancel the submitter asked for makes it cancelled, one
  * its timeout caused a timeout failure, and a retryable failure with
- * attempts left queues it again at task->retry_at.  A task that ended some
- * other way keeps its real outcome.
+ * attempts left queues it again at task->retry_at (at once for an
+ * interruption with on_interrupt 'retry').  A task that ended some other
+ * way keeps its real outcome.
  */
 const char *
 TaskResolveOutcome(Task *task)
@@ -1237,10 +1238,17 @@ TaskResolveOutcome(Task *task)
 	{
 		/*
 		 * Interrupted (a shutdown or crash of either side, or a lost
-		 * connection), and allowed to run again.
+		 * connection), and allowed to run again, a bounded number of times:
+		 * a statement that ends its own session or crashes its server must
+		 * not do so forever.
 		 */
-		task->retry_at = GetCurrentTimestamp();
-		task->final_state = TFDW_STATE_QUEUED;
+		if (task->attempts < Max(task->max_attempts, TaskFdwMaxInterruptedAttempts))
+		{
+			task->retry_at = GetCurrentTimestamp();
+			task->final_state = TFDW_STATE_QUEUED;
+		}
+		else if (task->error_hint == NULL)
+			task->error_hint = pstrdup(TFDW_INTERRUPTED_HINT);
 	}
 	else if (task->cancel_reason == TASK_CANCEL_NONE &&
 			 task->attempts < task->max_attempts && is_retryable(task))

@@ -39,6 +39,7 @@ int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
 int			TaskFdwClaimAhead = 48;
 int			TaskFdwClaimAheadStall = 20;
+int			TaskFdwMaxInterruptedAttempts = 3;
 int			TaskFdwMaxNotices = 100;
 int			TaskFdwMaxNoticeBytes = 64 * 1024;
 int			TaskFdwRetention = 7 * SECS_PER_DAY;
@@ -130,6 +131,13 @@ _PG_init(void)
 							&TaskFdwClaimAheadStall,
 							20, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("task_fdw.max_interrupted_attempts",
+							"Attempts after which an interrupted task with on_interrupt 'retry' is failed rather than queued again.",
+							"A task's own max_attempts counts instead if it is higher.",
+							&TaskFdwMaxInterruptedAttempts,
+							3, 1, 1000,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomRealVariable("task_fdw.notify_queue_limit",
 							 "Fraction of the notification queue above which completion notifications are not sent.",

@@ -78,6 +78,14 @@
 /* The channel of completion notifications. */
 #define TFDW_NOTIFY_CHANNEL		"task_fdw"
 
+/*
+ * The hint recorded on an interrupted task that on_interrupt 'retry' did not
+ * queue again, its attempts used up.
+ */
+#define TFDW_INTERRUPTED_HINT \
+	"on_interrupt 'retry' queues an interrupted task again only while it has made " \
+	"fewer attempts than task_fdw.max_interrupted_attempts, or than its max_attempts if that is higher."
+
 /* Task states, as stored and shown. */
 #define TFDW_STATE_QUEUED		"queued"
 #define TFDW_STATE_RUNNING		"running"
@@ -261,6 +269,7 @@ extern int	TaskFdwMaxConnections;
 extern double TaskFdwNotifyQueueLimit;
 extern int	TaskFdwClaimAhead;
 extern int	TaskFdwClaimAheadStall;
+extern int	TaskFdwMaxInterruptedAttempts;
 extern void TaskFdwCheckPreloaded(void);
 
 /* in option.c */

@@ -129,6 +129,32 @@ is($all_done, '1000', "with on_interrupt 'retry' all 1,000 tasks end done after 
 is($runs_missing, '0', 'each of them left its side effect');
 cmp_ok($max_runs, '<=', 2, 'an interrupted task ran again once at most');
 
+# --- A statement that crashes its server, with on_interrupt 'retry': here
+# it kills the dispatcher with SIGKILL, so that the server restarts and each
+# attempt is left running for the next dispatcher.  That one queues it again
+# until it has made task_fdw.max_interrupted_attempts (3) attempts, and then
+# fails it, so that the server does not crash again and again.
+$node->safe_psql('postgres', 'DELETE FROM retry_tasks');
+$log_offset = -s $node->logfile;
+my $crasher = $node->safe_psql('postgres', q{
+INSERT INTO retry_tasks(sql) VALUES ($t$DO $$ BEGIN
+  EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -9 ' ||
+    (SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'));
+END $$$t$) RETURNING id});
+$node->poll_query_until('postgres',
+	"SELECT state = 'failed' FROM task_fdw.task WHERE id = $crasher")
+  or die 'the task that crashes its server did not end';
+my ($crasher_attempts, $crasher_sqlstate, $crasher_hint) = split /\|/,
+  $node->safe_psql('postgres',
+	"SELECT attempts, sqlstate, error_hint FROM task_fdw.task WHERE id = $crasher");
+is($crasher_attempts, '3', 'a task that crashes its server made 3 attempts');
+is($crasher_sqlstate, '57P02', 'and then failed as interrupted');
+like($crasher_hint, qr/task_fdw\.max_interrupted_attempts/, 'with a hint naming the limit');
+my $crashes = () = slurp_file($node->logfile, $log_offset) =~
+  /"task_fdw dispatcher" \(PID \d+\) was terminated by signal 9/g;
+is($crashes, 3, 'the server crashed 3 times, once for each attempt');
+$node->safe_psql('postgres', 'DELETE FROM retry_tasks');
+
 # --- pg_ctl stop -m fast with 4 remote statements running.
 $node->safe_psql('postgres',
 	"INSERT INTO remote_tasks(sql) SELECT 'SELECT pg_sleep(600)' FROM generate_series(1, 4)");
