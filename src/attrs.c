@@ -283,6 +283,17 @@ TaskStoreLock(LOCKMODE lockmode, bool nowait, bool *busy)
 }
 
 /*
+ * TaskStoreIsCurrent returns whether rel, the task store, is the one this
+ * library expects, and not one an older version installed that ALTER
+ * EXTENSION UPDATE has not brought up to date yet.
+ */
+bool
+TaskStoreIsCurrent(Relation rel)
+{
+	return RelationGetNumberOfAttributes(rel) == Natts_task;
+}
+
+/*
  * TaskStoreOpen opens the task store with lockmode, raising an error when
  * the extension is not installed, or when the store is not the one this
  * library expects: the extension was installed by an older version and not
@@ -300,7 +311,7 @@ TaskStoreOpen(LOCKMODE lockmode)
 				 errmsg("extension \"task_fdw\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION task_fdw.")));
 	rel = table_open(relid, NoLock);
-	if (RelationGetDescr(rel)->natts != Natts_task)
+	if (!TaskStoreIsCurrent(rel))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"task_fdw\" must be updated before it can be used"),

@@ -178,20 +178,6 @@ static void array_builder_add(ArrayBuilder *b, Datum value, bool isnull);
 static Datum array_builder_finish(ArrayBuilder *b, Oid elemtype);
 
 
-/*
- * store_natts returns the number of columns of the task store relid, whose
- * lock the caller holds.
- */
-static int
-store_natts(Oid relid)
-{
-	Relation	rel = relation_open(relid, NoLock);
-	int			natts = RelationGetNumberOfAttributes(rel);
-
-	relation_close(rel, NoLock);
-	return natts;
-}
-
 /* The memory context QueueBegin was called in, restored by QueueCommit. */
 static MemoryContext caller_cxt = NULL;
 
@@ -207,7 +193,9 @@ QueueStatus
 QueueBegin(bool nowait)
 {
 	Oid			relid;
+	Relation	rel;
 	bool		busy;
+	bool		current;
 
 	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
@@ -219,7 +207,10 @@ QueueBegin(bool nowait)
 		MemoryContextSwitchTo(caller_cxt);
 		return busy ? QUEUE_BUSY : QUEUE_GONE;
 	}
-	if (store_natts(relid) != Natts_task)
+	rel = relation_open(relid, NoLock);
+	current = TaskStoreIsCurrent(rel);
+	relation_close(rel, NoLock);
+	if (!current)
 	{
 		/* Installed by an older version: wait for ALTER EXTENSION UPDATE. */
 		AbortCurrentTransaction();

@@ -313,6 +313,7 @@ extern TaskColumnMap *TaskColumnMapBuild(Relation rel);
 extern void TaskColumnMapProject(TaskColumnMap *map, const Datum *store_values,
 								 const bool *store_nulls, Datum *values, bool *nulls);
 extern Oid	TaskStoreLock(LOCKMODE lockmode, bool nowait, bool *busy);
+extern bool TaskStoreIsCurrent(Relation rel);
 extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern SysScanDesc TaskStoreBeginStateScan(Relation rel, Snapshot snapshot,
