@@ -130,6 +130,8 @@ SQL
 
 dispatcher_pid() { q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# /proc/<pid>/stat counts CPU time in clock ticks of this many per second
+ticks_per_s=$(getconf CLK_TCK)
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
 # VmHWM counts the pages of shared_buffers the dispatcher touched, shared
 # with every backend.  Its private memory (RssAnon) has no high-water mark:
@@ -238,7 +240,7 @@ for p in 1 2 4 8; do
 	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(ratios "$tfdw" "$dbl" "$pgb")"
 	[ "$p" -lt 4 ] && continue
 	row "W1 tasks/s, P=$p, reset_session off" "$tasks_s" "$dbl" "$pgb" "$(ratios "$tasks_s" "$dbl" "$pgb")"
-	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk -v runs="$RUNS" '{ printf "%.3f", $1 / 100 / (runs * $2 / 1000) }')" "" "" ""
+	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk -v runs="$RUNS" -v hz="$ticks_per_s" '{ printf "%.3f", $1 / hz / (runs * $2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 	row "W6 of which private, peak MB, P=$p" "$(echo "$anon" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" ""
 done
