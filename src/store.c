@@ -204,13 +204,13 @@ TaskStoreIsMonitor(void)
 
 /*
  * TaskStoreReadState returns the state of task id as last committed, or NULL
- * if there is no such task or the current user may not see it.  rel is the
- * task store and pkey its primary key index.  *mine tells whether the
+ * if there is no such task or the current user may not see it, found in
+ * rel, the task store, through its primary key.  *mine tells whether the
  * current transaction wrote that version of the task (submitted or changed
  * it).
  */
 char *
-TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine)
+TaskStoreReadState(Relation rel, int64 id, bool *mine)
 {
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	ScanKeyData key;
@@ -220,7 +220,7 @@ TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine)
 
 	*mine = false;
 	ScanKeyInit(&key, Anum_task_id, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	scan = systable_beginscan(rel, pkey, true, snapshot, 1, &key);
+	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true, snapshot, 1, &key);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
 	{

@@ -382,7 +382,7 @@ extern bool TaskStateIsFinal(const char *state);
 extern bool TaskStateIs(Datum state, const char *name);
 extern bool TaskStoreTaskVisible(Oid task_userid);
 extern bool TaskStoreIsMonitor(void);
-extern char *TaskStoreReadState(Relation rel, Oid pkey, int64 id, bool *mine);
+extern char *TaskStoreReadState(Relation rel, int64 id, bool *mine);
 extern int64 TaskStoreTaskIdAt(Relation rel, ItemPointer tid, Oid *userid);
 extern HeapTuple TaskStoreLockTask(Relation rel, int64 id);
 extern HeapTuple TaskStoreChangeTask(Relation rel, int64 id, Datum *values, bool *nulls);

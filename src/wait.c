@@ -48,9 +48,9 @@ static TimestampTz wait_deadline(FunctionCallInfo fcinfo, int argno);
 static void wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline);
 static bool wait_sleep(TimestampTz deadline);
 static void check_not_mine(int64 id, bool mine, const char *state);
-static void read_task_state(Relation rel, Oid pkey, int64 id, char **state);
+static void read_task_state(Relation rel, int64 id, char **state);
 static int64 read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states);
-static bool task_ended(Oid pkey, int64 id);
+static bool task_ended(int64 id);
 
 /*
  * TaskFdwWakeWaiters wakes every session waiting for tasks to finish.
@@ -96,7 +96,6 @@ wait_deadline(FunctionCallInfo fcinfo, int argno)
 static void
 wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 {
-	Oid			pkey = TaskStoreIndex("task_pkey");
 	int			first = 0;		/* the tasks before it are final */
 	bool		read_all = true;	/* the first pass, or the last one */
 	bool		timed_out = false;
@@ -110,7 +109,7 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
 		for (i = first; i < n; i++)
 		{
 			if (states[i] == NULL || !TaskStateIsFinal(states[i]))
-				read_task_state(rel, pkey, ids[i], &states[i]);
+				read_task_state(rel, ids[i], &states[i]);
 			if (!TaskStateIsFinal(states[i]) && !read_all)
 				break;
 		}
@@ -133,13 +132,13 @@ wait_for_tasks(int64 *ids, char **states, int n, TimestampTz deadline)
  * changed and that is not finished, is an error.
  */
 static void
-read_task_state(Relation rel, Oid pkey, int64 id, char **state)
+read_task_state(Relation rel, int64 id, char **state)
 {
 	bool		mine;
 
 	if (*state != NULL)
 		pfree(*state);
-	*state = TaskStoreReadState(rel, pkey, id, &mine);
+	*state = TaskStoreReadState(rel, id, &mine);
 	if (*state == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -304,11 +303,11 @@ read_batch(Relation rel, Oid index, Datum batch, List **ids, List **states)
  * task_ended returns whether task id is finished, or gone.
  */
 static bool
-task_ended(Oid pkey, int64 id)
+task_ended(int64 id)
 {
 	Relation	rel = TaskStoreOpen(AccessShareLock);
 	bool		mine;
-	char	   *state = TaskStoreReadState(rel, pkey, id, &mine);
+	char	   *state = TaskStoreReadState(rel, id, &mine);
 	bool		ended = state == NULL || TaskStateIsFinal(state);
 
 	table_close(rel, AccessShareLock);
@@ -325,8 +324,6 @@ Datum
 task_fdw_wait_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			index;
-	Oid			pkey;
 	TimestampTz deadline;
 	bool		timed_out = false;
 	List	   *ids;
@@ -340,14 +337,13 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("batch must not be null")));
 	deadline = wait_deadline(fcinfo, 1);
-	index = TaskStoreIndex("task_batch_idx");
-	pkey = TaskStoreIndex("task_pkey");
 
 	ConditionVariablePrepareToSleep(&TaskFdwState->task_finished);
 	for (;;)
 	{
 		Relation	rel = TaskStoreOpen(AccessShareLock);
-		int64		pending = read_batch(rel, index, PG_GETARG_DATUM(0), &ids, &states);
+		int64		pending = read_batch(rel, TaskStoreIndex("task_batch_idx"),
+										 PG_GETARG_DATUM(0), &ids, &states);
 
 		/* No lock is held while sleeping: DDL on the store is not blocked. */
 		table_close(rel, AccessShareLock);
@@ -366,7 +362,7 @@ task_fdw_wait_batch(PG_FUNCTION_ARGS)
 		 */
 		do
 			timed_out = !wait_sleep(deadline);
-		while (!timed_out && !task_ended(pkey, pending));
+		while (!timed_out && !task_ended(pending));
 	}
 	ConditionVariableCancelSleep();
 
