@@ -114,10 +114,19 @@ $node->stop('immediate');
 my $log_offset = -s $node->logfile;
 $node->start;
 wait_all('retry_tasks');
+# The tasks the stop interrupted ran again: those the new dispatcher found
+# left running, which it logs, and those whose connections the old one saw
+# close as the server stopped, and queued again itself before it ended.
 my ($requeued) = slurp_file($node->logfile, $log_offset) =~
   /task_fdw recorded 0 interrupted tasks as failed and queued (\d+) again/;
-cmp_ok($requeued // 0, '>', 0,
-	"the log counts the tasks queued again after the restart (@{[ $requeued // 'none' ]})");
+$requeued //= 0;
+my ($twice, $most_attempts) = split /\|/, $node->safe_psql('postgres', q{
+SELECT count(*) FILTER (WHERE attempts = 2), max(attempts)
+  FROM task_fdw.task WHERE id IN (SELECT id FROM retry_tasks)});
+cmp_ok($twice, '>', 0,
+	"the tasks the restart interrupted made a second attempt ($twice, $requeued of them queued again by the new dispatcher)");
+cmp_ok($twice, '>=', $requeued, 'so did each task the new dispatcher queued again');
+is($most_attempts, '2', 'and no task made a third');
 my ($all_done, $runs_missing, $max_runs) = split /\|/, $node->safe_psql('postgres', q{
 WITH t AS (SELECT state, substring(sql FROM 'VALUES \((\d+)\)')::int AS n FROM retry_tasks),
      e AS (SELECT n, count(*) AS c FROM effects GROUP BY n)
