@@ -37,3 +37,9 @@ SELECT srvname, srvoptions FROM pg_foreign_server WHERE srvname = 'remote';
 SET client_min_messages = warning;  -- the notice would name the superuser
 DROP SERVER remote CASCADE;
 RESET client_min_messages;
+
+-- the configuration parameters, as the README's table lists them: all are
+-- set in postgresql.conf (sighup), and none may be changed with SET
+SELECT name, setting, unit, context, min_val, max_val, boot_val
+  FROM pg_settings WHERE name LIKE 'task_fdw.%' ORDER BY name;
+SET task_fdw.max_interrupted_attempts = 5;
