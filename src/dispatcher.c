@@ -748,12 +748,6 @@ bookkeeping(TimestampTz now)
 	dlist_init(&sendable);
 	if (!begin_transaction(now))
 		return;
-	/*
-	 * The transaction read invalidations that may have marked more pools out
-	 * of date since the loop retired their idle connections: retire those
-	 * too, before any of them is given a task.
-	 */
-	PoolRetireIdle();
 
 	record_finished();
 	if (orphans_due(now))

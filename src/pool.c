@@ -50,6 +50,7 @@ static void pool_set_error(Pool *pool, const char *message, TimestampTz at);
 static bool pool_takes_ahead(Conn *conn, TimestampTz now);
 static void pool_expire_held(Pool *pool, TimestampTz now);
 static void pool_close_idle_elsewhere(Pool *pool);
+static void pool_retire_idle(Pool *pool);
 static Conn *pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task,
 							int cancel_pid);
 static void pool_note_names(Pool *pool, ForeignServer *server);
@@ -299,8 +300,18 @@ void
 PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now)
 {
 	dlist_iter	iter;
-	int			ahead = PoolAhead(pool);
+	int			ahead;
 	int			level;
+
+	/*
+	 * The queue read that found the tasks took its own snapshot: a user
+	 * mapping or server dropped or changed before it may have committed
+	 * since the dispatcher last read invalidations.  Read them now, so that
+	 * such a pool's idle connections are retired rather than given a task.
+	 */
+	AcceptInvalidationMessages();
+	pool_retire_idle(pool);
+	ahead = PoolAhead(pool);
 
 	dlist_foreach(iter, &pool->conns)
 	{
@@ -867,8 +878,30 @@ PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
 }
 
 /*
+ * pool_retire_idle closes pool's idle connections if its server, user
+ * mapping or role changed; busy ones are closed when their task ends.
+ */
+static void
+pool_retire_idle(Pool *pool)
+{
+	dlist_mutable_iter iter;
+
+	if (!pool->invalidated)
+		return;
+	dlist_foreach_modify(iter, &pool->conns)
+	{
+		Conn	   *conn = dlist_container(Conn, node, iter.cur);
+
+		if (conn->state == CONN_IDLE)
+			PoolCloseConn(conn);
+	}
+	if (PoolBusy(pool) == 0 && PoolCountState(pool, CONN_CONNECTING) == 0)
+		pool->invalidated = false;
+}
+
+/*
  * PoolRetireIdle closes the idle connections of pools whose server or user
- * mapping changed; busy ones are closed when their task ends.
+ * mapping changed.
  */
 void
 PoolRetireIdle(void)
@@ -878,21 +911,7 @@ PoolRetireIdle(void)
 
 	hash_seq_init(&status, pools);
 	while ((pool = hash_seq_search(&status)) != NULL)
-	{
-		dlist_mutable_iter iter;
-
-		if (!pool->invalidated)
-			continue;
-		dlist_foreach_modify(iter, &pool->conns)
-		{
-			Conn	   *conn = dlist_container(Conn, node, iter.cur);
-
-			if (conn->state == CONN_IDLE)
-				PoolCloseConn(conn);
-		}
-		if (PoolBusy(pool) == 0 && PoolCountState(pool, CONN_CONNECTING) == 0)
-			pool->invalidated = false;
-	}
+		pool_retire_idle(pool);
 }
 
 /*

@@ -39,7 +39,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -220,13 +219,6 @@ QueueBegin(bool nowait)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
-
-	/*
-	 * A catalog change that the snapshot sees queued its invalidations
-	 * before it committed: reading them now keeps the caches (and the pools'
-	 * out-of-date flags) from being older than the tasks the turn will read.
-	 */
-	AcceptInvalidationMessages();
 	/* The query text stays the summary StatsPublish reports. */
 	pgstat_report_activity(STATE_RUNNING, NULL);
 	return QUEUE_OK;
