@@ -116,17 +116,19 @@ $node->start;
 wait_all('retry_tasks');
 # The tasks the stop interrupted ran again: those the new dispatcher found
 # left running, which it logs, and those whose connections the old one saw
-# close as the server stopped, and queued again itself before it ended.
+# close as the server stopped, and queued again itself before it ended (it
+# may even have sent one of those again, on a connection not closed yet, so
+# that the new dispatcher finds it running and it makes a third attempt).
 my ($requeued) = slurp_file($node->logfile, $log_offset) =~
   /task_fdw recorded 0 interrupted tasks as failed and queued (\d+) again/;
 $requeued //= 0;
-my ($twice, $most_attempts) = split /\|/, $node->safe_psql('postgres', q{
-SELECT count(*) FILTER (WHERE attempts = 2), max(attempts)
+my ($again, $most_attempts) = split /\|/, $node->safe_psql('postgres', q{
+SELECT count(*) FILTER (WHERE attempts >= 2), max(attempts)
   FROM task_fdw.task WHERE id IN (SELECT id FROM retry_tasks)});
-cmp_ok($twice, '>', 0,
-	"the tasks the restart interrupted made a second attempt ($twice, $requeued of them queued again by the new dispatcher)");
-cmp_ok($twice, '>=', $requeued, 'so did each task the new dispatcher queued again');
-is($most_attempts, '2', 'and no task made a third');
+cmp_ok($again, '>', 0,
+	"the tasks the restart interrupted made more attempts ($again, $requeued of them queued again by the new dispatcher)");
+cmp_ok($again, '>=', $requeued, 'so did each task the new dispatcher queued again');
+cmp_ok($most_attempts, '<=', 3, 'none made more than task_fdw.max_interrupted_attempts (3)');
 my ($all_done, $runs_missing, $max_runs) = split /\|/, $node->safe_psql('postgres', q{
 WITH t AS (SELECT state, substring(sql FROM 'VALUES \((\d+)\)')::int AS n FROM retry_tasks),
      e AS (SELECT n, count(*) AS c FROM effects GROUP BY n)
