@@ -269,7 +269,7 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 			int64		id = type == INT8OID ? DatumGetInt64(value) :
 				type == INT4OID ? DatumGetInt32(value) : DatumGetInt16(value);
 
-			index = TaskStoreIndex("task_pkey");
+			index = RelationGetPrimaryKeyIndex(state->store);
 			ScanKeyInit(&key, Anum_task_id, BTEqualStrategyNumber, F_INT8EQ,
 						Int64GetDatum(id));
 		}
