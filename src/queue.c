@@ -123,23 +123,23 @@
  * Tasks an earlier dispatcher left running (those of $1) were interrupted
  * by a crash: failed, or queued again if their submitter said they may run
  * twice (and did not cancel them meanwhile) and they have attempts left
- * (fewer than $2, task_fdw.max_interrupted_attempts, or than max_attempts;
- * a task failed for want of them gets hint $3).  Rows that a submitter's
- * open transaction has locked are left for later.  Returns how many tasks
- * were failed and queued again, and the ids of those left: still running,
- * and locked.
+ * (fewer than $2, task_fdw.max_interrupted_attempts, or than max_attempts,
+ * as TaskResolveOutcome decides for the tasks a running dispatcher sees
+ * interrupted; a task failed for want of them gets hint $3).  Rows that a
+ * submitter's open transaction has locked are left for later.  Returns how
+ * many tasks were failed and queued again, and the ids of those left: still
+ * running, and locked.
  */
 #define RECOVER_SQL \
 	"WITH recovered AS (UPDATE task_fdw.task t SET" \
-	" state = CASE WHEN o.again THEN 'queued' ELSE 'failed' END," \
-	" finished_at = CASE WHEN o.again THEN NULL ELSE pg_catalog.now() END," \
+	" state = CASE WHEN o.retry AND o.attempts_left THEN 'queued' ELSE 'failed' END," \
+	" finished_at = CASE WHEN o.retry AND o.attempts_left THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'," \
 	" error_detail = NULL, error_context = NULL," \
-	" error_hint = CASE WHEN o.retry AND NOT o.again THEN $3 END" \
+	" error_hint = CASE WHEN o.retry AND NOT o.attempts_left THEN $3 END" \
 	" FROM (SELECT id, retry_interrupted AND cancel_requested_at IS NULL AS retry," \
-	"         retry_interrupted AND cancel_requested_at IS NULL" \
-	"         AND attempts OPERATOR(pg_catalog.<) pg_catalog.int4larger(max_attempts, $2) AS again" \
+	"         attempts OPERATOR(pg_catalog.<) pg_catalog.int4larger(max_attempts, $2) AS attempts_left" \
 	"       FROM task_fdw.task WHERE id OPERATOR(pg_catalog.=) ANY ($1)" \
 	"        AND state OPERATOR(pg_catalog.=) 'running' FOR UPDATE SKIP LOCKED) o" \
 	" WHERE t.id OPERATOR(pg_catalog.=) o.id" \
