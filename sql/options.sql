@@ -9,6 +9,9 @@ CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size 'four');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (port '70000');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (connect_timeout '-1');
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (reset_session 'sometimes');
+CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pipeline_depth '-1');
+CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pipeline_depth '1001');
+CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (pipeline_depth 'deep');
 -- unknown options list the valid ones
 CREATE SERVER bad FOREIGN DATA WRAPPER task_fdw OPTIONS (no_such_option 'x');
 -- options in the wrong place
@@ -30,7 +33,7 @@ SELECT srvname FROM pg_foreign_server ORDER BY 1;
 -- valid options of a remote server and its user mapping
 CREATE SERVER remote FOREIGN DATA WRAPPER task_fdw
     OPTIONS (host 'db.example.com', port '5433', dbname 'app', connect_timeout '5',
-             sslmode 'prefer', pool_size '8', reset_session 'off');
+             sslmode 'prefer', pool_size '8', reset_session 'off', pipeline_depth '0');
 CREATE USER MAPPING FOR CURRENT_USER SERVER remote OPTIONS (user 'app', password 'secret');
 ALTER SERVER remote OPTIONS (SET pool_size '16');
 SELECT srvname, srvoptions FROM pg_foreign_server WHERE srvname = 'remote';

@@ -10,7 +10,8 @@
  * send the cancel requests that are due (cancels and timeouts), find pools
  * with queued tasks (when woken by a commit, a scheduled time or the
  * periodic recheck), claim as many as the pools can run, and record their
- * start.  After the commit it sends the started tasks.  Expired finished
+ * start.  After the commit it sends the started tasks, and the tasks claimed
+ * ahead go in their connection's pipeline.  Expired finished
  * tasks are removed in small batches, one short transaction per turn at
  * most.  Nothing in the loop sleeps or blocks in libpq: connections, and the
  * cancellers that carry cancel requests, are all non-blocking.  Before it
@@ -59,6 +60,10 @@
 #define CANCEL_RESEND_MS	1000
 /* An exiting dispatcher waits this long at most for its cancel requests. */
 #define EXIT_CANCEL_MS		5000
+/* The outcome of a task that ran, or was sent, when the dispatcher exited */
+#define SHUTDOWN_INTERRUPTED \
+	"task was interrupted: the dispatcher was shut down while it ran, " \
+	"and the remote server may or may not have completed it"
 /* Retention removes at most this many tasks per transaction. */
 #define PURGE_BATCH			500
 
@@ -585,6 +590,8 @@ running_tasks(bool ahead)
 			running = lappend(running, conn->task);
 		if (!ahead)
 			continue;
+		dlist_foreach(iter, &conn->piped)
+			running = lappend(running, dlist_container(Task, node, iter.cur));
 		dlist_foreach(iter, &conn->ahead)
 			running = lappend(running, dlist_container(Task, node, iter.cur));
 	}
@@ -659,7 +666,11 @@ cancels_due(TimestampTz now)
 static void
 start_cancel(Task *task)
 {
-	const char *problem = PoolStartCancel(task->pool, task->remote_pid);
+	const char *problem;
+
+	/* Tasks in the pipeline after it must not catch the request. */
+	problem = PoolStartCancel(task->pool, task->remote_pid,
+							  task->conn != NULL && task->conn->npiped > 0 ? task->id : 0);
 
 	if (problem == NULL)
 		return;
@@ -743,6 +754,8 @@ bookkeeping(TimestampTz now)
 	dlist_head	sendable;		/* start recorded, to send */
 	bool		recorded = !dlist_is_empty(&finished);
 	List	   *running;
+	ConnWalk	walk;
+	Conn	   *conn;
 
 	dlist_init(&starting);
 	dlist_init(&sendable);
@@ -823,6 +836,11 @@ bookkeeping(TimestampTz now)
 		dlist_delete(&task->node);
 		ConnSendTask(task->conn);
 	}
+
+	/* Tasks claimed ahead this turn join their connection's pipeline. */
+	ConnWalkBegin(&walk);
+	while ((conn = ConnWalkNext(&walk)) != NULL)
+		ConnPipeAhead(conn);
 }
 
 /*
@@ -1067,11 +1085,10 @@ cancel_running(void)
 		}
 		else
 			start_cancel(task);
-		TaskFail(task, "57P01",
-				 "task was interrupted: the dispatcher was shut down while it ran, "
-				 "and the remote server may or may not have completed it");
+		TaskFail(task, "57P01", SHUTDOWN_INTERRUPTED);
 		DispatcherTaskFinished(task);
 		conn->task = NULL;
+		ConnFailPiped(conn, "57P01", SHUTDOWN_INTERRUPTED);
 		ConnReleaseAhead(conn, true);
 	}
 	CommitTransactionCommand();

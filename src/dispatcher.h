@@ -44,8 +44,8 @@ typedef struct Task
 	MemoryContext cxt;
 	struct Pool *pool;
 	struct Conn *conn;			/* connection running it, or NULL */
-	dlist_node	node;			/* in pool->held, conn->ahead, starting or
-								 * finished */
+	dlist_node	node;			/* in pool->held, conn->ahead, conn->piped,
+								 * starting or finished */
 
 	/* control, from the task's row */
 	int64		timeout;		/* microseconds, 0 = none */
@@ -58,6 +58,8 @@ typedef struct Task
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
 	bool		cancel_problem_logged;	/* said once that it cannot be cancelled */
+	int8		pipe_safe;		/* may share a pipeline with other tasks: 1
+								 * yes, -1 no, 0 not known yet */
 
 	/* outcome */
 	const char *final_state;	/* TFDW_STATE_DONE or TFDW_STATE_FAILED */
@@ -112,12 +114,16 @@ typedef struct Conn
 	bool		used;			/* ran a task since its last session reset */
 	bool		sql_pipelined;	/* its task's SQL follows the session reset */
 	bool		reset_failed;	/* and the reset failed: not to be reused */
-	int64		appname_task;	/* task named by its application_name, or 0 */
+	int64		appname_task;	/* task named by its application_name, or 0;
+								 * a canceller's: the task it may cancel,
+								 * or 0 for any */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
 	dlist_head	ahead;			/* started tasks to send after task */
 	int			nahead;			/* those, and those whose start is being
 								 * recorded */
+	dlist_head	piped;			/* tasks sent after task, in its pipeline */
+	int			npiped;
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
@@ -130,6 +136,8 @@ typedef struct Pool
 	int64		connect_retry_timeout;	/* microseconds */
 	bool		reset_session;	/* reset sessions between tasks, and name
 								 * them after their task */
+	int			pipeline_depth; /* tasks a connection may send after the one
+								 * it runs (ConnPipeAhead) */
 	TimestampTz down_since;		/* unreachable since then, or 0 */
 	TimestampTz next_connect_at;	/* while unreachable: next attempt */
 	int			connect_failures;	/* in a row */
@@ -203,7 +211,7 @@ extern void PoolFailHeld(Pool *pool, const char *sqlstate, const char *message,
 						 const char *detail, const char *hint);
 extern void PoolRetireIdle(void);
 extern void PoolCloseAll(void);
-extern const char *PoolStartCancel(Pool *pool, int remote_pid);
+extern const char *PoolStartCancel(Pool *pool, int remote_pid, int64 only_task);
 extern void PoolUnreachable(Pool *pool, const char *message);
 extern void PoolReachable(Pool *pool);
 extern void PoolRefused(Pool *pool, const char *message);
@@ -217,6 +225,8 @@ extern void ConnAdvance(Conn *conn, uint32 events);
 extern void ConnLost(Conn *conn);
 extern void ConnResetEarly(Conn *conn);
 extern void ConnSendTask(Conn *conn);
+extern void ConnPipeAhead(Conn *conn);
+extern void ConnFailPiped(Conn *conn, const char *sqlstate, const char *message);
 extern void ConnReleaseAhead(Conn *conn, bool all);
 extern TimestampTz ConnStalledAt(Conn *conn);
 extern void TaskFail(Task *task, const char *sqlstate, const char *message);

@@ -53,6 +53,7 @@ static const TaskFdwOption own_options[] = {
 	{"pool_size", ForeignServerRelationId, false},
 	{"connect_retry_timeout", ForeignServerRelationId, false},
 	{"reset_session", ForeignServerRelationId, false},
+	{"pipeline_depth", ForeignServerRelationId, false},
 	/* Defaults of task attributes: a foreign table's beat its server's. */
 	{"priority", ForeignServerRelationId, false},
 	{"priority", ForeignTableRelationId, false},
@@ -420,6 +421,8 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 		}
 		else if (strcmp(def->defname, "reset_session") == 0)
 			(void) defGetBoolean(def);
+		else if (strcmp(def->defname, "pipeline_depth") == 0)
+			(void) parse_int_option(def, 0, 1000);
 		else
 		{
 			TaskDefaults scratch;
@@ -444,6 +447,7 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 	opts->connect_timeout = 0;
 	opts->connect_retry_timeout = 5 * 60 * USECS_PER_SEC;
 	opts->reset_session = true;
+	opts->pipeline_depth = 8;
 	foreach(lc, server->options)
 	{
 		DefElem    *def = (DefElem *) lfirst(lc);
@@ -460,6 +464,8 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 		}
 		else if (strcmp(def->defname, "reset_session") == 0)
 			opts->reset_session = defGetBoolean(def);
+		else if (strcmp(def->defname, "pipeline_depth") == 0)
+			opts->pipeline_depth = parse_int_option(def, 0, 1000);
 	}
 }
 

@@ -119,6 +119,7 @@ PoolLookup(Oid serverid, Oid userid, bool create)
 		pool->connect_timeout = 0;
 		pool->connect_retry_timeout = 0;
 		pool->reset_session = true;
+		pool->pipeline_depth = 0;
 		pool->down_since = 0;
 		pool->next_connect_at = 0;
 		pool->connect_failures = 0;
@@ -195,7 +196,7 @@ PoolCapacity(Pool *pool, TimestampTz now)
 			if (conn->state == CONN_IDLE)
 				free += ahead;
 			else if (pool_takes_ahead(conn, now))
-				free += Max(ahead - conn->nahead, 0);
+				free += Max(ahead - conn->nahead - conn->npiped, 0);
 		}
 	}
 	return free > 0 ? free : 0;
@@ -339,7 +340,7 @@ PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now)
 
 			if (pool->nheld == 0)
 				break;
-			if (conn->nahead >= level || !pool_takes_ahead(conn, now))
+			if (conn->nahead + conn->npiped >= level || !pool_takes_ahead(conn, now))
 				continue;
 			task = PoolTakeHeld(pool);
 			task->conn = conn;
@@ -510,6 +511,7 @@ PoolConnect(Pool *pool)
 	pool->connect_timeout = opts.connect_timeout;
 	pool->connect_retry_timeout = opts.connect_retry_timeout;
 	pool->reset_session = opts.reset_session;
+	pool->pipeline_depth = opts.pipeline_depth;
 
 	if (pool->down_since != 0)
 		pool_expire_held(pool, GetCurrentTimestamp());
@@ -725,11 +727,14 @@ pool_close_idle_elsewhere(Pool *pool)
  * PoolStartCancel opens a canceller: a connection of pool that asks the
  * remote to cancel the statement of backend remote_pid, then closes.  It
  * uses the pool's own credentials, so it may cancel the pool's backends
- * and nothing else.  Returns NULL, or why no canceller can be opened (see
- * pool_dropped).  Runs inside a dispatcher transaction.
+ * and nothing else.  With only_task, the request goes only while that
+ * backend's application_name names task only_task: other tasks wait in
+ * its pipeline, and a request that arrives once the task has ended must
+ * not cancel the next one.  Returns NULL, or why no canceller can be
+ * opened (see pool_dropped).  Runs inside a dispatcher transaction.
  */
 const char *
-PoolStartCancel(Pool *pool, int remote_pid)
+PoolStartCancel(Pool *pool, int remote_pid, int64 only_task)
 {
 	ForeignServer *server;
 	const char *sqlstate;
@@ -739,7 +744,7 @@ PoolStartCancel(Pool *pool, int remote_pid)
 	if (problem != NULL)
 		return problem;
 	pool_note_names(pool, server);
-	conn = pool_open_conn(pool, server, 0, remote_pid);
+	conn = pool_open_conn(pool, server, only_task, remote_pid);
 	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);
 	return NULL;
@@ -748,7 +753,8 @@ PoolStartCancel(Pool *pool, int remote_pid)
 /*
  * pool_open_conn starts a connection of pool to server without waiting for
  * it, named after task appname_task (just "task_fdw" if the pool does not
- * reset sessions), or a canceller of remote backend cancel_pid.  Returns
+ * reset sessions), or a canceller of remote backend cancel_pid, while it
+ * runs task appname_task if not 0 (see PoolStartCancel).  Returns
  * NULL when out of file descriptors; a connection that libpq could not even
  * start is returned with status CONNECTION_BAD, for the caller to report.
  */
@@ -819,6 +825,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	conn->cancel_pid = cancel_pid;
 	conn->counted = conn_counted;
 	dlist_init(&conn->ahead);
+	dlist_init(&conn->piped);
 	if (pool->connect_timeout > 0)
 		conn->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 (int64) pool->connect_timeout * 1000);
@@ -846,6 +853,7 @@ PoolCloseConn(Conn *conn)
 {
 	Pool	   *pool = conn->pool;
 
+	ConnFailPiped(conn, "08006", NULL);
 	ConnReleaseAhead(conn, true);
 	PQfinish(conn->conn);
 	ReleaseExternalFD();

@@ -10,6 +10,9 @@
  * !PQisBusy) and returns.  Results are read in single-row mode, so a huge
  * result never sits in memory: the first task_fdw.max_result_rows rows
  * (within task_fdw.max_result_bytes) are kept as JSON, the rest counted.
+ * While a pool's tasks are short, a connection also sends the tasks it
+ * claimed ahead in the pipeline of the one it runs (ConnPipeAhead), and
+ * reads their results one task after another.
  *
  * IDENTIFICATION
  *		  src/task_exec.c
@@ -20,7 +23,9 @@
 
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
+#include "nodes/parsenodes.h"
 #include "parser/parser.h"
+#include "parser/scansup.h"
 #include "storage/latch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
@@ -43,16 +48,26 @@
  */
 #define SESSION_RESET_SQL "DISCARD ALL"
 
+/*
+ * Tasks claimed ahead go in the pipeline of the task before them (see
+ * ConnPipeAhead) while the pool's tasks take at most this long.
+ */
+#define PIPE_MAX_USECS		2000
+
 static void conn_poll_connect(Conn *conn);
 static void conn_io(Conn *conn, uint32 events);
 static void conn_refuse_unauthenticated(Conn *conn);
-static void conn_task_done(Conn *conn, bool reusable);
+static bool conn_task_done(Conn *conn, bool reusable);
 static void task_unstart(Task *task);
 static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool conn_send_sql(Conn *conn);
 static bool conn_begin(Conn *conn, bool send_sql);
 static bool conn_needs_reset(Conn *conn);
 static bool sql_is_one_statement(const char *sql);
+static bool sql_is_plain_query(const char *sql);
+static bool task_pipe_safe(Task *task);
+static bool conn_send_piped(Conn *conn, Task *task);
+static void conn_next_piped(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
 static void capture_row(Task *task, PGresult *res);
@@ -106,6 +121,84 @@ sql_is_one_statement(const char *sql)
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	return nstatements == 1;
+}
+
+/*
+ * sql_is_plain_query returns whether sql is, at a glance, one statement that
+ * reads or writes rows: no semicolon, and SELECT, INSERT, UPDATE, DELETE,
+ * WITH, VALUES or TABLE first (spaces aside).  Most short tasks are, and
+ * need no parse to go in a pipeline; false only means "parse it".
+ */
+static bool
+sql_is_plain_query(const char *sql)
+{
+	static const char *const keywords[] = {
+		"select", "insert", "update", "delete", "with", "values", "table"
+	};
+	const char *word;
+	int			len;
+	int			i;
+
+	if (strchr(sql, ';') != NULL)
+		return false;
+	while (scanner_isspace(*sql))
+		sql++;
+	word = sql;
+	while ((*sql >= 'a' && *sql <= 'z') || (*sql >= 'A' && *sql <= 'Z'))
+		sql++;
+	len = sql - word;
+	if (*sql != '\0' && !scanner_isspace(*sql) && *sql != '(')
+		return false;
+	for (i = 0; i < lengthof(keywords); i++)
+	{
+		if (len == strlen(keywords[i]) && pg_strncasecmp(word, keywords[i], len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * task_pipe_safe returns whether task may share a pipeline with other
+ * tasks: its SQL is one statement, and neither a transaction command (one
+ * that opens a transaction block would leave the tasks after it inside)
+ * nor a COPY (the client side of COPY has no place in a pipeline).  SQL
+ * the parser rejects does not go in one either.  The answer is kept.
+ */
+static bool
+task_pipe_safe(Task *task)
+{
+	MemoryContext old;
+	volatile bool safe = false;
+
+	if (task->pipe_safe != 0)
+		return task->pipe_safe > 0;
+	if (sql_is_plain_query(task->sql))
+	{
+		task->pipe_safe = 1;
+		return true;
+	}
+	old = MemoryContextSwitchTo(task->cxt);
+	PG_TRY();
+	{
+		List	   *stmts = raw_parser(task->sql, RAW_PARSE_DEFAULT);
+
+		if (list_length(stmts) == 1)
+		{
+			Node	   *stmt = linitial_node(RawStmt, stmts)->stmt;
+
+			safe = !IsA(stmt, TransactionStmt) && !IsA(stmt, CopyStmt);
+		}
+	}
+	PG_CATCH();
+	{
+		/* The parser holds no resources; its memory goes with the task. */
+		MemoryContextSwitchTo(task->cxt);
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	task->pipe_safe = safe ? 1 : -1;
+	return safe;
 }
 
 /*
@@ -174,9 +267,13 @@ conn_poll_connect(Conn *conn)
 			{
 				/* A canceller: ask for the cancel, then wait for the answer. */
 				conn->state = CONN_CANCELLING;
-				if (!PQsendQuery(conn->conn,
+				if (!PQsendQuery(conn->conn, conn->appname_task == 0 ?
 								 psprintf("SELECT pg_catalog.pg_cancel_backend(%d)",
-										  conn->cancel_pid)) ||
+										  conn->cancel_pid) :
+								 psprintf("SELECT pg_catalog.pg_cancel_backend(pid) "
+										  "FROM pg_catalog.pg_stat_activity "
+										  "WHERE pid = %d AND application_name = 'task_fdw task " INT64_FORMAT "'",
+										  conn->cancel_pid, conn->appname_task)) ||
 					!conn_flush(conn))
 				{
 					ConnLost(conn);
@@ -342,6 +439,121 @@ ConnSendTask(Conn *conn)
 		return;					/* conn_reset_result sends it */
 	else if (!conn_begin(conn, true))
 		ConnLost(conn);
+	else
+		ConnPipeAhead(conn);
+}
+
+/*
+ * ConnPipeAhead sends the tasks conn claimed ahead (their start recorded)
+ * in the pipeline of the task it runs, each after a session reset of its
+ * own and a sync, while the pool's tasks are short (PIPE_MAX_USECS): the
+ * remote goes from one to the next without waiting for the dispatcher,
+ * which reads their results as they come, also after a bookkeeping turn.
+ * Tasks go only behind a task sent in a pipeline, not being cancelled nor
+ * running long, and only while they may share a pipeline (task_pipe_safe)
+ * and are not cancelled; the others wait their turn, unsent.
+ */
+void
+ConnPipeAhead(Conn *conn)
+{
+	Pool	   *pool = conn->pool;
+	TimestampTz stalled_at;
+	bool		sent = false;
+
+	if (dlist_is_empty(&conn->ahead) || !pool->reset_session || conn->task == NULL ||
+		!conn->sql_pipelined ||
+		(conn->state != CONN_RESETTING && conn->state != CONN_RUNNING) ||
+		conn->task->cancel_reason != TASK_CANCEL_NONE ||
+		pool->run_usecs < 0 || pool->run_usecs > PIPE_MAX_USECS ||
+		PQpipelineStatus(conn->conn) != PQ_PIPELINE_ON ||
+		!task_pipe_safe(conn->task))
+		return;
+	stalled_at = ConnStalledAt(conn);
+	if (stalled_at != 0 && GetCurrentTimestamp() >= stalled_at)
+		return;
+
+	while (!dlist_is_empty(&conn->ahead) && conn->npiped < pool->pipeline_depth)
+	{
+		Task	   *task = dlist_head_element(Task, node, &conn->ahead);
+
+		if (task->cancel_reason != TASK_CANCEL_NONE || !task_pipe_safe(task))
+			break;
+		dlist_delete(&task->node);
+		conn->nahead--;
+		dlist_push_tail(&conn->piped, &task->node);
+		conn->npiped++;
+		if (!conn_send_piped(conn, task))
+		{
+			ConnLost(conn);
+			return;
+		}
+		sent = true;
+	}
+	if (sent && !conn_flush(conn))
+		ConnLost(conn);
+}
+
+/*
+ * conn_send_piped queues task in conn's pipeline: the session reset and the
+ * application_name naming it, a sync, its SQL and a sync, as conn_begin
+ * sends a task of one statement.  Returns false if the connection broke.
+ */
+static bool
+conn_send_piped(Conn *conn, Task *task)
+{
+	return PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
+		PQsendQueryParams(conn->conn,
+						  psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
+								   task->id), 0, NULL, NULL, NULL, NULL, 0) &&
+		PQpipelineSync(conn->conn) &&
+		PQsendQueryParams(conn->conn, task->sql, 0, NULL, NULL, NULL, NULL, 0) &&
+		PQpipelineSync(conn->conn);
+}
+
+/*
+ * conn_next_piped makes the first task in conn's pipeline its task, now
+ * that the one before it has ended: the remote starts it at once.  Its
+ * session reset's results come first.
+ */
+static void
+conn_next_piped(Conn *conn)
+{
+	Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&conn->piped));
+
+	conn->npiped--;
+	conn->task = task;
+	conn->state = CONN_RESETTING;
+	conn->sql_pipelined = true;
+	conn->used = true;
+	conn->reset_failed = false;
+	conn->appname_task = task->id;
+	task->started_at = GetCurrentTimestamp();
+	if (task->timeout > 0)
+		task->deadline = task->started_at + task->timeout;
+}
+
+/*
+ * ConnFailPiped ends the tasks in conn's pipeline as failed, with sqlstate
+ * and message, or libpq's message for the connection if message is NULL:
+ * the connection is closing or broke, and they may or may not have run.
+ */
+void
+ConnFailPiped(Conn *conn, const char *sqlstate, const char *message)
+{
+	while (!dlist_is_empty(&conn->piped))
+	{
+		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&conn->piped));
+
+		conn->npiped--;
+		if (task->started_at == 0)
+			task->started_at = GetCurrentTimestamp();
+		if (message != NULL)
+			TaskFail(task, sqlstate, message);
+		else
+			TaskFailFromConn(task, conn->conn, sqlstate);
+		task->conn = NULL;
+		DispatcherTaskFinished(task);
+	}
 }
 
 /*
@@ -501,12 +713,14 @@ conn_io(Conn *conn, uint32 events)
 		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
 		{
 			PQclear(res);
-			if (!PQexitPipelineMode(conn->conn))
+			if (dlist_is_empty(&conn->piped) && !PQexitPipelineMode(conn->conn))
 			{
 				ConnLost(conn);
 				return;
 			}
-			conn_task_done(conn, true);
+			/* The next task in the pipeline: its results may be here too. */
+			if (conn_task_done(conn, true))
+				continue;
 			return;
 		}
 		if (PQresultStatus(res) == PGRES_COPY_IN ||
@@ -525,13 +739,17 @@ conn_io(Conn *conn, uint32 events)
 		capture_result(conn->task, res);
 		PQclear(res);
 	}
+	/* Tasks claimed ahead take the places of those that ended. */
+	ConnPipeAhead(conn);
 }
 
 /*
  * conn_task_done ends conn's task once its last result has been read, and
  * keeps conn for the next task if reusable and its session is clean.
+ * Returns true if the next task in conn's pipeline is now its task, whose
+ * results are to be read next; otherwise conn may have been closed.
  */
-static void
+static bool
 conn_task_done(Conn *conn, bool reusable)
 {
 	Task	   *task = conn->task;
@@ -553,6 +771,16 @@ conn_task_done(Conn *conn, bool reusable)
 	PoolNoteRunTime(conn->pool, task->finished_at - task->started_at);
 
 	/*
+	 * Tasks already in the pipeline run on this session whatever it is
+	 * like: the next one is under way, after a reset of its own.
+	 */
+	if (!dlist_is_empty(&conn->piped) && reusable && PQstatus(conn->conn) == CONNECTION_OK)
+	{
+		conn_next_piped(conn);
+		return true;
+	}
+
+	/*
 	 * A task that left a transaction open, or a broken session, is not
 	 * reused; nor is a session that a late cancel request could still reach,
 	 * nor one whose client encoding a task changed, as results must arrive
@@ -567,7 +795,7 @@ conn_task_done(Conn *conn, bool reusable)
 	{
 		conn->state = CONN_CLOSED;
 		PoolCloseConn(conn);
-		return;
+		return false;
 	}
 	conn->state = CONN_IDLE;
 	conn->wait_events = WL_SOCKET_READABLE;
@@ -579,6 +807,7 @@ conn_task_done(Conn *conn, bool reusable)
 		conn->nahead--;
 		ConnSendTask(conn);
 	}
+	return false;
 }
 
 /*

@@ -280,6 +280,7 @@ typedef struct TaskServerOptions
 	int64		connect_retry_timeout;	/* microseconds tasks wait for an
 										 * unreachable server */
 	bool		reset_session;	/* reset a pooled session before each task */
+	int			pipeline_depth; /* tasks a connection sends ahead, at most */
 } TaskServerOptions;
 extern void TaskFdwGetServerOptions(ForeignServer *server,
 									TaskServerOptions *opts);
