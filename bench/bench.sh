@@ -8,7 +8,8 @@
 #
 # Workloads (see the README's Performance section):
 #   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8, and at P = 4 and 8
-#      with the server option reset_session 'false'
+#      with the server option reset_session 'false', and with a deeper
+#      pipeline (pipeline_depth '48', task_fdw.claim_ahead = 128)
 #   W2 latency: 200 single tasks one after another
 #   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
 #   W4 status lookup with 1,000,000 finished tasks in history
@@ -41,6 +42,13 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER k4;
 CREATE USER MAPPING FOR CURRENT_USER SERVER k8;
 CREATE FOREIGN TABLE kept4 (id bigint, sql text, state text, finished_at timestamptz) SERVER k4;
 CREATE FOREIGN TABLE kept8 (id bigint, sql text, state text, finished_at timestamptz) SERVER k8;
+-- the same pools with a deeper pipeline (task_fdw.claim_ahead is raised for them)
+CREATE SERVER d4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4', pipeline_depth '48');
+CREATE SERVER d8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8', pipeline_depth '48');
+CREATE USER MAPPING FOR CURRENT_USER SERVER d4;
+CREATE USER MAPPING FOR CURRENT_USER SERVER d8;
+CREATE FOREIGN TABLE deep4 (id bigint, sql text, state text, finished_at timestamptz) SERVER d4;
+CREATE FOREIGN TABLE deep8 (id bigint, sql text, state text, finished_at timestamptz) SERVER d8;
 CREATE FOREIGN TABLE tasks1 (id bigint, sql text, state text, finished_at timestamptz) SERVER p1;
 CREATE FOREIGN TABLE tasks2 (id bigint, sql text, state text, finished_at timestamptz) SERVER p2;
 CREATE FOREIGN TABLE tasks4 (id bigint, sql text, state text, submitted_at timestamptz,
@@ -233,13 +241,21 @@ for p in 1 2 4 8; do
 	tfdw=$tasks_s
 	cpu=$cpu_ticks_used
 	anon=$anon_kb
-	[ "$p" -ge 4 ] && w1_median "kept$p" "$p"
+	if [ "$p" -ge 4 ]; then
+		w1_median "kept$p" "$p"
+		kept=$tasks_s
+		q -c "ALTER SYSTEM SET task_fdw.claim_ahead = 128" -c "SELECT pg_reload_conf()" >/dev/null
+		w1_median "deep$p" "$p"
+		deep=$tasks_s
+		q -c "ALTER SYSTEM RESET task_fdw.claim_ahead" -c "SELECT pg_reload_conf()" >/dev/null
+	fi
 	dbl=$(dblink_median "$p")
 	pgb=$("$bindir/pgbench" -n -h "$dir" -p "$port" -c "$p" -j "$p" -T 3 -f "$dir/select1.sql" postgres 2>/dev/null |
 		awk '/^tps/ { printf "%.0f", $3; exit }')
 	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(ratios "$tfdw" "$dbl" "$pgb")"
 	[ "$p" -lt 4 ] && continue
-	row "W1 tasks/s, P=$p, reset_session off" "$tasks_s" "$dbl" "$pgb" "$(ratios "$tasks_s" "$dbl" "$pgb")"
+	row "W1 tasks/s, P=$p, reset_session off" "$kept" "$dbl" "$pgb" "$(ratios "$kept" "$dbl" "$pgb")"
+	row "W1 tasks/s, P=$p, deeper pipeline" "$deep" "$dbl" "$pgb" "$(ratios "$deep" "$dbl" "$pgb")"
 	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk -v runs="$RUNS" -v hz="$ticks_per_s" '{ printf "%.3f", $1 / hz / (runs * $2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 	row "W6 of which private, peak MB, P=$p" "$(echo "$anon" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" ""
