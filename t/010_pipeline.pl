@@ -107,14 +107,29 @@ SELECT count(*) || ' ' || count(*) FILTER (WHERE t.remote_pid = b.remote_pid AND
  WHERE t.id = ANY ('{$others}'::bigint[]) AND t.state = 'running'});
 }
 
-# The tasks sent behind a blocked task wait for it, up to pipeline_depth
-# (8) of them, all on its connection; the others run on the other one.
 my $gate = $node->background_psql('postgres');
-$gate->query_safe('SELECT pg_advisory_lock(7)');
-my ($blocker, $others) = run_behind_blocker('behind', 7);
-my ($waiting, $unrun) = split / /, waiting_behind($blocker, $others);
-ok($waiting >= 1 && $waiting <= 8, "1 to 8 tasks wait in the blocked task's pipeline ($waiting)");
-is($unrun, $waiting, 'they are all on its connection, and none has run');
+
+# blocked_pipeline($tag): warms the pool up, empties effects, takes
+# advisory lock 7 and runs tasks behind a blocker (run_behind_blocker);
+# checks that 1 to pipeline_depth (8) of the tasks with a side effect wait
+# behind it, on its connection, without having run, while the others have
+# run on the other connection.  Returns the blocker's id, the 10 ids and
+# how many wait.
+sub blocked_pipeline
+{
+	my ($tag) = @_;
+	warm_up();
+	$node->safe_psql('postgres', 'TRUNCATE effects');
+	$gate->query_safe('SELECT pg_advisory_lock(7)');
+	my ($blocker, $others) = run_behind_blocker($tag, 7);
+	my ($waiting, $unrun) = split / /, waiting_behind($blocker, $others);
+	ok($waiting >= 1 && $waiting <= 8, "$tag: 1 to 8 tasks wait in the blocked task's pipeline ($waiting)");
+	is($unrun, $waiting, "$tag: they are all on its connection, and none has run");
+	return ($blocker, $others, $waiting);
+}
+
+# The tasks sent behind a blocked task wait for it; once it ends, they run.
+my ($blocker, $others, $waiting) = blocked_pipeline('behind');
 $gate->query_safe('SELECT pg_advisory_unlock(7)');
 is( $node->safe_psql('postgres', qq{
 SELECT string_agg(state || ' ' || n, ', ') FROM (
@@ -130,12 +145,7 @@ SELECT count(*) FROM tasks
 # Cancelling the blocked task stops it, and only it: the tasks behind it in
 # its pipeline then run, each once.  The cancel request names the blocked
 # task, so that it cannot stop the one after it.
-warm_up();
-$node->safe_psql('postgres', 'TRUNCATE effects');
-$gate->query_safe('SELECT pg_advisory_lock(7)');
-($blocker, $others) = run_behind_blocker('cancel', 7);
-($waiting, $unrun) = split / /, waiting_behind($blocker, $others);
-ok($waiting >= 1, "tasks wait in the blocked task's pipeline ($waiting)");
+($blocker, $others, $waiting) = blocked_pipeline('cancel');
 $node->safe_psql('postgres', "UPDATE tasks SET state = 'cancelled' WHERE id = $blocker");
 is( $node->safe_psql('postgres', qq{
 SELECT state || ' ' || sqlstate FROM task_fdw.wait('{$blocker}'::bigint[], '60s') JOIN tasks USING (id, state);
@@ -150,12 +160,7 @@ $gate->query_safe('SELECT pg_advisory_unlock(7)');
 # A connection lost with tasks in its pipeline: the blocked task and those
 # behind it fail (they may or may not have run, as far as the dispatcher
 # can tell), none stays running, and none of them ran.
-warm_up();
-$node->safe_psql('postgres', 'TRUNCATE effects');
-$gate->query_safe('SELECT pg_advisory_lock(7)');
-($blocker, $others) = run_behind_blocker('lost', 7);
-($waiting, $unrun) = split / /, waiting_behind($blocker, $others);
-ok($waiting >= 1, "tasks wait in the blocked task's pipeline ($waiting)");
+($blocker, $others, $waiting) = blocked_pipeline('lost');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend(remote_pid) FROM tasks WHERE id = $blocker");
 is( $node->safe_psql('postgres', qq{
 SELECT state FROM task_fdw.wait('{$blocker}'::bigint[], '60s');
