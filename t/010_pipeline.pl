@@ -25,7 +25,7 @@ sub warm_up
 {
 	is( $node->safe_psql('postgres', q{
 INSERT INTO tasks(sql, batch) SELECT 'SELECT 1', 'warm' FROM generate_series(1, 300);
-SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE state IN ('queued', 'running')), '60s');
+SELECT count(*) FROM task_fdw.wait(ARRAY(SELECT id FROM tasks WHERE batch = 'warm'), '60s');
 SELECT count(*) FROM tasks WHERE batch = 'warm' AND state <> 'done';
 }),
 		"300\n0", 'short tasks warm the pool up');
