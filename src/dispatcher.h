@@ -123,7 +123,7 @@ typedef struct Conn
 	int			nahead;			/* those, and those whose start is being
 								 * recorded */
 	dlist_head	piped;			/* tasks sent after task, in its pipeline */
-	int			npiped;
+	int			npiped;			/* how many */
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;

@@ -460,7 +460,8 @@ ConnPipeAhead(Conn *conn)
 	TimestampTz stalled_at;
 	bool		sent = false;
 
-	if (dlist_is_empty(&conn->ahead) || !pool->reset_session || conn->task == NULL ||
+	if (dlist_is_empty(&conn->ahead) || conn->npiped >= pool->pipeline_depth ||
+		!pool->reset_session || conn->task == NULL ||
 		!conn->sql_pipelined ||
 		(conn->state != CONN_RESETTING && conn->state != CONN_RUNNING) ||
 		conn->task->cancel_reason != TASK_CANCEL_NONE ||
