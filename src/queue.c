@@ -125,7 +125,9 @@
  * twice (and did not cancel them meanwhile) and they have attempts left
  * (fewer than $2, task_fdw.max_interrupted_attempts, or than max_attempts,
  * as TaskResolveOutcome decides for the tasks a running dispatcher sees
- * interrupted; a task failed for want of them gets hint $3).  Rows that a
+ * interrupted; a task failed for want of them gets hint $3).  Like the
+ * outcome of any attempt, the row then holds nothing of an earlier
+ * attempt's output (its notices, say, recorded with a retry).  Rows that a
  * submitter's open transaction has locked are left for later.  Returns how
  * many tasks were failed and queued again, and the ids of those left: still
  * running, and locked.
@@ -136,7 +138,8 @@
 	" finished_at = CASE WHEN o.retry AND o.attempts_left THEN NULL ELSE pg_catalog.now() END," \
 	" sqlstate = '57P02', error = 'task was interrupted: the dispatcher stopped" \
 	" while it ran, and the remote server may or may not have completed it'," \
-	" error_detail = NULL, error_context = NULL," \
+	" error_detail = NULL, error_context = NULL, command_tag = NULL, rows = NULL," \
+	" result = NULL, result_truncated = NULL, notices = NULL," \
 	" error_hint = CASE WHEN o.retry AND NOT o.attempts_left THEN $3 END" \
 	" FROM (SELECT id, retry_interrupted AND cancel_requested_at IS NULL AS retry," \
 	"         attempts OPERATOR(pg_catalog.<) pg_catalog.int4larger(max_attempts, $2) AS attempts_left" \

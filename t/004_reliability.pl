@@ -31,6 +31,12 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER remote;
 CREATE FOREIGN TABLE remote_tasks (id bigint, sql text, state text, sqlstate text,
                                    error text, remote_pid int, started_at timestamptz)
     SERVER remote;
+CREATE SERVER probe FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '1');
+CREATE USER MAPPING FOR CURRENT_USER SERVER probe;
+CREATE FOREIGN TABLE probe_tasks (id bigint, sql text, state text, sqlstate text, attempts int,
+                                  notices text[], result jsonb)
+    SERVER probe OPTIONS (max_attempts '2', retry_delay '0');
+CREATE SEQUENCE probe_attempt;
 });
 
 # Submits tasks 1..$n through $table, each inserting its number into effects.
@@ -74,6 +80,21 @@ SELECT count(*) = 1 FROM pg_stat_activity
 }
 
 # --- SIGKILL of the dispatcher in the middle of 1,000 tasks (at most once).
+# A probe task on a pool of its own fails its first attempt (retryable,
+# after a notice) and is in its second when the dispatcher dies: recovered
+# as interrupted, it must not keep the notices of the first.
+my $probe = $node->safe_psql('postgres', q{
+INSERT INTO probe_tasks(sql) VALUES ($sql$
+DO $$BEGIN
+  RAISE NOTICE 'attempt %', nextval('probe_attempt');
+  IF currval('probe_attempt') = 1 THEN
+    RAISE EXCEPTION 'the first attempt fails' USING ERRCODE = '40001';
+  END IF;
+  PERFORM pg_sleep(600);
+END$$$sql$) RETURNING id});
+$node->poll_query_until('postgres', qq{
+SELECT state = 'running' AND attempts = 2 AND notices IS NOT NULL FROM probe_tasks WHERE id = $probe})
+  or die 'the probe task did not start its second attempt';
 submit_effects('tasks', 1, 1000);
 $node->poll_query_until('postgres', 'SELECT count(*) >= 100 FROM effects')
   or die 'tasks did not start';
@@ -100,10 +121,15 @@ is($missing_not_interrupted, '0',
 isnt(dispatcher_pid(), $pid, 'the dispatcher came back by itself');
 # The new dispatcher says how many tasks it found left running.
 my $recovered_failed = $node->safe_psql('postgres',
-	"SELECT count(*) FROM tasks WHERE sqlstate = '57P02'");
+	"SELECT count(*) FROM task_fdw.task WHERE sqlstate = '57P02'");
 like(slurp_file($node->logfile),
 	qr/task_fdw recorded $recovered_failed interrupted tasks as failed and queued 0 again/,
 	"the log counts the $recovered_failed tasks recorded as interrupted");
+is( $node->safe_psql('postgres', qq{
+SELECT state || ' ' || sqlstate || ' ' || attempts || ' ' || (notices IS NULL) || ' ' || (result IS NULL)
+  FROM task_fdw.wait('{$probe}'::bigint[], '60s') JOIN probe_tasks USING (id, state)}),
+	'failed 57P02 2 true true',
+	'a task recovered as interrupted keeps nothing of an earlier attempt\'s output');
 
 # --- pg_ctl restart -m immediate, with on_interrupt 'retry'.
 $node->safe_psql('postgres', 'DELETE FROM tasks; TRUNCATE effects');
