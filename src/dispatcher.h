@@ -29,6 +29,18 @@ typedef enum TaskCancelReason
 	TASK_CANCEL_TIMEOUT			/* ran longer than its timeout */
 } TaskCancelReason;
 
+/* What a task's SQL is, for how it may be sent (task_exec.c). */
+typedef enum TaskSqlKind
+{
+	TASK_SQL_UNKNOWN = 0,		/* not looked at yet */
+	TASK_SQL_SEVERAL,			/* several statements: a simple query */
+	TASK_SQL_ONE,				/* one statement, alone in its pipeline */
+	TASK_SQL_SHAREABLE			/* one that may share a pipeline */
+} TaskSqlKind;
+
+/* A task's connection's application_name, when its pool resets sessions */
+#define TASK_APPNAME_FORMAT "task_fdw task " INT64_FORMAT
+
 /*
  * A task the dispatcher holds: claimed from the queue, running, or finished
  * and waiting for its outcome to be recorded.  Everything it owns lives in
@@ -58,8 +70,7 @@ typedef struct Task
 	TaskCancelReason cancel_reason;
 	TimestampTz cancel_at;		/* when to (re)send a cancel request, or 0 */
 	bool		cancel_problem_logged;	/* said once that it cannot be cancelled */
-	int8		pipe_safe;		/* may share a pipeline with other tasks: 1
-								 * yes, -1 no, 0 not known yet */
+	TaskSqlKind sql_kind;		/* see task_sql_kind */
 
 	/* outcome */
 	const char *final_state;	/* TFDW_STATE_DONE or TFDW_STATE_FAILED */

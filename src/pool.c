@@ -800,7 +800,7 @@ pool_open_conn(Pool *pool, ForeignServer *server, int64 appname_task, int cancel
 	else if (appname_task == 0)
 		appname = pstrdup("task_fdw");
 	else
-		appname = psprintf("task_fdw task " INT64_FORMAT, appname_task);
+		appname = psprintf(TASK_APPNAME_FORMAT, appname_task);
 	(void) TaskFdwBuildConnParams(server, user, appname, &keywords, &values);
 	pgconn = PQconnectStartParams(keywords, values, false);
 	if (pgconn == NULL)

@@ -63,10 +63,10 @@ static bool conn_reset_result(Conn *conn, PGresult *res);
 static bool conn_send_sql(Conn *conn);
 static bool conn_begin(Conn *conn, bool send_sql);
 static bool conn_needs_reset(Conn *conn);
-static bool sql_is_one_statement(const char *sql);
 static bool sql_is_plain_query(const char *sql);
-static bool task_pipe_safe(Task *task);
-static bool conn_send_piped(Conn *conn, Task *task);
+static TaskSqlKind task_sql_kind(Task *task);
+static void task_start_clock(Task *task);
+static bool conn_queue_task(Conn *conn, Task *task, bool reset, bool with_sql);
 static void conn_next_piped(Conn *conn);
 static bool conn_flush(Conn *conn);
 static void capture_result(Task *task, PGresult *res);
@@ -85,49 +85,10 @@ static bool is_json_number(const char *s);
 static char *task_strdup(Task *task, const char *s);
 
 /*
- * sql_is_one_statement returns whether sql is exactly one statement, as
- * this server's parser reads it.  SQL it cannot parse (a newer server's
- * syntax, or a mistake the remote will report) counts as several, so that
- * it goes as a simple query, as any task did before.  SQL without a
- * semicolon cannot hold two statements, and goes unparsed: at most it is
- * none (only comments), which the remote answers the same way in a
- * pipeline as in a simple query.
- */
-static bool
-sql_is_one_statement(const char *sql)
-{
-	MemoryContext cxt;
-	MemoryContext old;
-	volatile int nstatements = 0;
-
-	if (strchr(sql, ';') == NULL)
-		return true;
-	cxt = AllocSetContextCreate(CurrentMemoryContext,
-								"task_fdw statement count",
-								ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		nstatements = list_length(raw_parser(sql, RAW_PARSE_DEFAULT));
-	}
-	PG_CATCH();
-	{
-		/* The parser holds no resources: dropping its memory is enough. */
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-		nstatements = 0;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(cxt);
-	return nstatements == 1;
-}
-
-/*
  * sql_is_plain_query returns whether sql is, at a glance, one statement that
  * reads or writes rows: no semicolon, and SELECT, INSERT, UPDATE, DELETE,
  * WITH, VALUES or TABLE first (spaces aside).  Most short tasks are, and
- * need no parse to go in a pipeline; false only means "parse it".
+ * need no parse (task_sql_kind); false only means "parse it".
  */
 static bool
 sql_is_plain_query(const char *sql)
@@ -158,47 +119,56 @@ sql_is_plain_query(const char *sql)
 }
 
 /*
- * task_pipe_safe returns whether task may share a pipeline with other
- * tasks: its SQL is one statement, and neither a transaction command (one
- * that opens a transaction block would leave the tasks after it inside)
- * nor a COPY (the client side of COPY has no place in a pipeline).  SQL
- * the parser rejects does not go in one either.  The answer is kept.
+ * task_sql_kind returns what task's SQL is, as this server's parser reads
+ * it: several statements, one, or one that may share a pipeline with other
+ * tasks (neither a transaction command, as one that opens a transaction
+ * block would leave the tasks after it inside, nor a COPY, whose client
+ * side has no place in a pipeline).  The answer is kept in the task.
+ *
+ * A plain query (sql_is_plain_query) needs no parse.  SQL the parser
+ * rejects (a newer server's syntax, or a mistake the remote will report)
+ * shares no pipeline, and counts as several statements, so that it goes as
+ * a simple query, unless it has no semicolon: then it cannot hold two, and
+ * is at most none (only comments), which the remote answers the same way
+ * in a pipeline as in a simple query.
  */
-static bool
-task_pipe_safe(Task *task)
+static TaskSqlKind
+task_sql_kind(Task *task)
 {
+	MemoryContext cxt;
 	MemoryContext old;
-	volatile bool safe = false;
+	volatile TaskSqlKind kind;
 
-	if (task->pipe_safe != 0)
-		return task->pipe_safe > 0;
+	if (task->sql_kind != TASK_SQL_UNKNOWN)
+		return task->sql_kind;
 	if (sql_is_plain_query(task->sql))
-	{
-		task->pipe_safe = 1;
-		return true;
-	}
-	old = MemoryContextSwitchTo(task->cxt);
+		return task->sql_kind = TASK_SQL_SHAREABLE;
+	kind = strchr(task->sql, ';') == NULL ? TASK_SQL_ONE : TASK_SQL_SEVERAL;
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "task_fdw statement kind",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		List	   *stmts = raw_parser(task->sql, RAW_PARSE_DEFAULT);
+		Node	   *stmt = list_length(stmts) == 1 ? linitial_node(RawStmt, stmts)->stmt : NULL;
 
-		if (list_length(stmts) == 1)
-		{
-			Node	   *stmt = linitial_node(RawStmt, stmts)->stmt;
-
-			safe = !IsA(stmt, TransactionStmt) && !IsA(stmt, CopyStmt);
-		}
+		if (stmt == NULL)
+			kind = TASK_SQL_SEVERAL;
+		else if (IsA(stmt, TransactionStmt) || IsA(stmt, CopyStmt))
+			kind = TASK_SQL_ONE;
+		else
+			kind = TASK_SQL_SHAREABLE;
 	}
 	PG_CATCH();
 	{
-		/* The parser holds no resources; its memory goes with the task. */
-		MemoryContextSwitchTo(task->cxt);
+		/* The parser holds no resources: dropping its memory is enough. */
+		MemoryContextSwitchTo(cxt);
 		FlushErrorState();
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
-	task->pipe_safe = safe ? 1 : -1;
-	return safe;
+	MemoryContextDelete(cxt);
+	return task->sql_kind = kind;
 }
 
 /*
@@ -272,7 +242,7 @@ conn_poll_connect(Conn *conn)
 										  conn->cancel_pid) :
 								 psprintf("SELECT pg_catalog.pg_cancel_backend(pid) "
 										  "FROM pg_catalog.pg_stat_activity "
-										  "WHERE pid = %d AND application_name = 'task_fdw task " INT64_FORMAT "'",
+										  "WHERE pid = %d AND application_name = '" TASK_APPNAME_FORMAT "'",
 										  conn->cancel_pid, conn->appname_task)) ||
 					!conn_flush(conn))
 				{
@@ -428,11 +398,7 @@ conn_needs_reset(Conn *conn)
 void
 ConnSendTask(Conn *conn)
 {
-	Task	   *task = conn->task;
-
-	task->started_at = GetCurrentTimestamp();
-	if (task->timeout > 0)
-		task->deadline = task->started_at + task->timeout;
+	task_start_clock(conn->task);
 	if (PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);
 	else if (conn->state == CONN_RESETTING)
@@ -450,7 +416,7 @@ ConnSendTask(Conn *conn)
  * remote goes from one to the next without waiting for the dispatcher,
  * which reads their results as they come, also after a bookkeeping turn.
  * Tasks go only behind a task sent in a pipeline, not being cancelled nor
- * running long, and only while they may share a pipeline (task_pipe_safe)
+ * running long, and only while they may share a pipeline (task_sql_kind)
  * and are not cancelled; the others wait their turn, unsent.
  */
 void
@@ -467,7 +433,7 @@ ConnPipeAhead(Conn *conn)
 		conn->task->cancel_reason != TASK_CANCEL_NONE ||
 		pool->run_usecs < 0 || pool->run_usecs > PIPE_MAX_USECS ||
 		PQpipelineStatus(conn->conn) != PQ_PIPELINE_ON ||
-		!task_pipe_safe(conn->task))
+		task_sql_kind(conn->task) != TASK_SQL_SHAREABLE)
 		return;
 	stalled_at = ConnStalledAt(conn);
 	if (stalled_at != 0 && GetCurrentTimestamp() >= stalled_at)
@@ -477,13 +443,13 @@ ConnPipeAhead(Conn *conn)
 	{
 		Task	   *task = dlist_head_element(Task, node, &conn->ahead);
 
-		if (task->cancel_reason != TASK_CANCEL_NONE || !task_pipe_safe(task))
+		if (task->cancel_reason != TASK_CANCEL_NONE || task_sql_kind(task) != TASK_SQL_SHAREABLE)
 			break;
 		dlist_delete(&task->node);
 		conn->nahead--;
 		dlist_push_tail(&conn->piped, &task->node);
 		conn->npiped++;
-		if (!conn_send_piped(conn, task))
+		if (!conn_queue_task(conn, task, true, true))
 		{
 			ConnLost(conn);
 			return;
@@ -495,20 +461,23 @@ ConnPipeAhead(Conn *conn)
 }
 
 /*
- * conn_send_piped queues task in conn's pipeline: the session reset and the
- * application_name naming it, a sync, its SQL and a sync, as conn_begin
- * sends a task of one statement.  Returns false if the connection broke.
+ * conn_queue_task queues in conn's pipeline what task needs: with reset,
+ * DISCARD ALL; the application_name naming it; a sync; then, with_sql, its
+ * SQL and a sync of its own, so that it runs as the first statement of a
+ * transaction of its own.  Returns false if the connection broke.
  */
 static bool
-conn_send_piped(Conn *conn, Task *task)
+conn_queue_task(Conn *conn, Task *task, bool reset, bool with_sql)
 {
-	return PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0) &&
+	return (!reset ||
+			PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0)) &&
 		PQsendQueryParams(conn->conn,
-						  psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
-								   task->id), 0, NULL, NULL, NULL, NULL, 0) &&
+						  psprintf("SET application_name = '" TASK_APPNAME_FORMAT "'", task->id),
+						  0, NULL, NULL, NULL, NULL, 0) &&
 		PQpipelineSync(conn->conn) &&
-		PQsendQueryParams(conn->conn, task->sql, 0, NULL, NULL, NULL, NULL, 0) &&
-		PQpipelineSync(conn->conn);
+		(!with_sql ||
+		 (PQsendQueryParams(conn->conn, task->sql, 0, NULL, NULL, NULL, NULL, 0) &&
+		  PQpipelineSync(conn->conn)));
 }
 
 /*
@@ -528,6 +497,16 @@ conn_next_piped(Conn *conn)
 	conn->used = true;
 	conn->reset_failed = false;
 	conn->appname_task = task->id;
+	task_start_clock(task);
+}
+
+/*
+ * task_start_clock notes that task starts now, on its connection: its
+ * started_at, and the deadline its timeout sets.
+ */
+static void
+task_start_clock(Task *task)
+{
 	task->started_at = GetCurrentTimestamp();
 	if (task->timeout > 0)
 		task->deadline = task->started_at + task->timeout;
@@ -568,28 +547,18 @@ static bool
 conn_begin(Conn *conn, bool send_sql)
 {
 	Task	   *task = conn->task;
+	bool		reset = conn->used;
 
 	if (!conn_needs_reset(conn))
 		return conn_send_sql(conn);
 	conn->state = CONN_RESETTING;
 	conn->appname_task = task->id;
-	conn->sql_pipelined = send_sql && sql_is_one_statement(task->sql);
-	if (!PQenterPipelineMode(conn->conn) ||
-		(conn->used &&
-		 !PQsendQueryParams(conn->conn, SESSION_RESET_SQL, 0, NULL, NULL, NULL, NULL, 0)) ||
-		!PQsendQueryParams(conn->conn,
-						   psprintf("SET application_name = 'task_fdw task " INT64_FORMAT "'",
-									task->id), 0, NULL, NULL, NULL, NULL, 0) ||
-		!PQpipelineSync(conn->conn))
-		return false;
+	conn->sql_pipelined = send_sql && task_sql_kind(task) != TASK_SQL_SEVERAL;
 	if (conn->sql_pipelined)
-	{
 		conn->used = true;
-		if (!PQsendQueryParams(conn->conn, task->sql, 0, NULL, NULL, NULL, NULL, 0) ||
-			!PQpipelineSync(conn->conn))
-			return false;
-	}
-	return conn_flush(conn);
+	return PQenterPipelineMode(conn->conn) &&
+		conn_queue_task(conn, task, reset, conn->sql_pipelined) &&
+		conn_flush(conn);
 }
 
 /*
@@ -601,6 +570,7 @@ conn_send_sql(Conn *conn)
 {
 	conn->state = CONN_RUNNING;
 	conn->used = true;
+	conn->sql_pipelined = false;
 	return PQsendQuery(conn->conn, conn->task->sql) &&
 		PQsetSingleRowMode(conn->conn) && conn_flush(conn);
 }
