@@ -211,6 +211,7 @@ extern int	PoolCountState(Pool *pool, ConnState state);
 extern int	PoolBusy(Pool *pool);
 extern int	PoolCapacity(Pool *pool, TimestampTz now);
 extern int	PoolAhead(Pool *pool);
+extern bool PoolTakesAhead(Conn *conn, TimestampTz now);
 extern void PoolNoteRunTime(Pool *pool, int64 usecs);
 extern bool PoolWantsTurn(Pool *pool, TimestampTz now);
 extern Task *PoolTakeHeld(Pool *pool);

@@ -47,7 +47,6 @@ static const char *pool_dropped(Pool *pool, ForeignServer **server, const char *
 static bool user_mapping_exists(Oid userid, Oid serverid);
 static bool pool_read_options(Pool *pool, ForeignServer *server, TaskServerOptions *opts);
 static void pool_set_error(Pool *pool, const char *message, TimestampTz at);
-static bool pool_takes_ahead(Conn *conn, TimestampTz now);
 static void pool_expire_held(Pool *pool, TimestampTz now);
 static void pool_close_idle_elsewhere(Pool *pool);
 static void pool_retire_idle(Pool *pool);
@@ -178,7 +177,7 @@ PoolBusy(Pool *pool)
 /*
  * PoolCapacity returns how many more tasks pool can claim now: one for each
  * connection it may still open or that is idle, and those its connections
- * may claim ahead (see pool_takes_ahead).
+ * may claim ahead (see PoolTakesAhead).
  */
 int
 PoolCapacity(Pool *pool, TimestampTz now)
@@ -195,7 +194,7 @@ PoolCapacity(Pool *pool, TimestampTz now)
 
 			if (conn->state == CONN_IDLE)
 				free += ahead;
-			else if (pool_takes_ahead(conn, now))
+			else if (PoolTakesAhead(conn, now))
 				free += Max(ahead - conn->nahead - conn->npiped, 0);
 		}
 	}
@@ -203,12 +202,12 @@ PoolCapacity(Pool *pool, TimestampTz now)
 }
 
 /*
- * pool_takes_ahead returns whether conn, which runs a task, may claim tasks
- * ahead of it now: not a canceller, nor while its task is being cancelled
- * or has run long.
+ * PoolTakesAhead returns whether conn, which runs a task, may claim tasks
+ * ahead of it now, and send them in its pipeline: not a canceller, nor
+ * while its task is being cancelled or has run long.
  */
-static bool
-pool_takes_ahead(Conn *conn, TimestampTz now)
+bool
+PoolTakesAhead(Conn *conn, TimestampTz now)
 {
 	TimestampTz stalled_at = ConnStalledAt(conn);
 
@@ -340,7 +339,7 @@ PoolAssignHeld(Pool *pool, dlist_head *starting, TimestampTz now)
 
 			if (pool->nheld == 0)
 				break;
-			if (conn->nahead + conn->npiped >= level || !pool_takes_ahead(conn, now))
+			if (conn->nahead + conn->npiped >= level || !PoolTakesAhead(conn, now))
 				continue;
 			task = PoolTakeHeld(pool);
 			task->conn = conn;

@@ -415,28 +415,24 @@ ConnSendTask(Conn *conn)
  * own and a sync, while the pool's tasks are short (PIPE_MAX_USECS): the
  * remote goes from one to the next without waiting for the dispatcher,
  * which reads their results as they come, also after a bookkeeping turn.
- * Tasks go only behind a task sent in a pipeline, not being cancelled nor
- * running long, and only while they may share a pipeline (task_sql_kind)
- * and are not cancelled; the others wait their turn, unsent.
+ * Tasks go only behind a task sent in a pipeline, on a connection that may
+ * take tasks ahead of it (PoolTakesAhead: its task is not being cancelled
+ * nor running long), and only while they may share a pipeline
+ * (task_sql_kind) and are not cancelled; the others wait their turn,
+ * unsent.
  */
 void
 ConnPipeAhead(Conn *conn)
 {
 	Pool	   *pool = conn->pool;
-	TimestampTz stalled_at;
 	bool		sent = false;
 
 	if (dlist_is_empty(&conn->ahead) || conn->npiped >= pool->pipeline_depth ||
-		!pool->reset_session || conn->task == NULL ||
-		!conn->sql_pipelined ||
+		!pool->reset_session || !conn->sql_pipelined ||
 		(conn->state != CONN_RESETTING && conn->state != CONN_RUNNING) ||
-		conn->task->cancel_reason != TASK_CANCEL_NONE ||
 		pool->run_usecs < 0 || pool->run_usecs > PIPE_MAX_USECS ||
-		PQpipelineStatus(conn->conn) != PQ_PIPELINE_ON ||
+		!PoolTakesAhead(conn, GetCurrentTimestamp()) ||
 		task_sql_kind(conn->task) != TASK_SQL_SHAREABLE)
-		return;
-	stalled_at = ConnStalledAt(conn);
-	if (stalled_at != 0 && GetCurrentTimestamp() >= stalled_at)
 		return;
 
 	while (!dlist_is_empty(&conn->ahead) && conn->npiped < pool->pipeline_depth)
