@@ -126,11 +126,11 @@ sql_is_plain_query(const char *sql)
  * side has no place in a pipeline).  The answer is kept in the task.
  *
  * A plain query (sql_is_plain_query) needs no parse.  SQL the parser
- * rejects (a newer server's syntax, or a mistake the remote will report)
- * shares no pipeline, and counts as several statements, so that it goes as
- * a simple query, unless it has no semicolon: then it cannot hold two, and
- * is at most none (only comments), which the remote answers the same way
- * in a pipeline as in a simple query.
+ * rejects (a newer server's syntax, or a mistake the remote will report),
+ * and SQL of no statement (only comments), share no pipeline, and count as
+ * several statements, so that they go as a simple query, unless they have
+ * no semicolon: then they cannot hold two, and the remote answers them the
+ * same way in a pipeline as in a simple query.
  */
 static TaskSqlKind
 task_sql_kind(Task *task)
@@ -150,14 +150,16 @@ task_sql_kind(Task *task)
 	PG_TRY();
 	{
 		List	   *stmts = raw_parser(task->sql, RAW_PARSE_DEFAULT);
-		Node	   *stmt = list_length(stmts) == 1 ? linitial_node(RawStmt, stmts)->stmt : NULL;
 
-		if (stmt == NULL)
+		if (list_length(stmts) > 1)
 			kind = TASK_SQL_SEVERAL;
-		else if (IsA(stmt, TransactionStmt) || IsA(stmt, CopyStmt))
-			kind = TASK_SQL_ONE;
-		else
-			kind = TASK_SQL_SHAREABLE;
+		else if (list_length(stmts) == 1)
+		{
+			Node	   *stmt = linitial_node(RawStmt, stmts)->stmt;
+
+			kind = IsA(stmt, TransactionStmt) || IsA(stmt, CopyStmt) ?
+				TASK_SQL_ONE : TASK_SQL_SHAREABLE;
+		}
 	}
 	PG_CATCH();
 	{
