@@ -35,20 +35,6 @@ CREATE USER MAPPING FOR CURRENT_USER SERVER p1;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p2;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p4;
 CREATE USER MAPPING FOR CURRENT_USER SERVER p8;
--- the same pools without the session reset before each task
-CREATE SERVER k4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4', reset_session 'false');
-CREATE SERVER k8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8', reset_session 'false');
-CREATE USER MAPPING FOR CURRENT_USER SERVER k4;
-CREATE USER MAPPING FOR CURRENT_USER SERVER k8;
-CREATE FOREIGN TABLE kept4 (id bigint, sql text, state text, finished_at timestamptz) SERVER k4;
-CREATE FOREIGN TABLE kept8 (id bigint, sql text, state text, finished_at timestamptz) SERVER k8;
--- the same pools with a deeper pipeline (task_fdw.claim_ahead is raised for them)
-CREATE SERVER d4 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '4', pipeline_depth '48');
-CREATE SERVER d8 FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '8', pipeline_depth '48');
-CREATE USER MAPPING FOR CURRENT_USER SERVER d4;
-CREATE USER MAPPING FOR CURRENT_USER SERVER d8;
-CREATE FOREIGN TABLE deep4 (id bigint, sql text, state text, finished_at timestamptz) SERVER d4;
-CREATE FOREIGN TABLE deep8 (id bigint, sql text, state text, finished_at timestamptz) SERVER d8;
 CREATE FOREIGN TABLE tasks1 (id bigint, sql text, state text, finished_at timestamptz) SERVER p1;
 CREATE FOREIGN TABLE tasks2 (id bigint, sql text, state text, finished_at timestamptz) SERVER p2;
 CREATE FOREIGN TABLE tasks4 (id bigint, sql text, state text, submitted_at timestamptz,
@@ -135,6 +121,22 @@ BEGIN
       INTO median, p95 FROM unnest(ms) x;
 END $$;
 SQL
+
+# pool_variant SERVER TABLE OPTION: servers SERVER4 and SERVER8, the pools
+# of 4 and 8 again with OPTION as well, and their tables TABLE4 and TABLE8.
+pool_variant() {
+	for p in 4 8; do
+		q >/dev/null <<SQL
+CREATE SERVER $1$p FOREIGN DATA WRAPPER task_fdw OPTIONS (pool_size '$p', $3);
+CREATE USER MAPPING FOR CURRENT_USER SERVER $1$p;
+CREATE FOREIGN TABLE $2$p (id bigint, sql text, state text, finished_at timestamptz) SERVER $1$p;
+SQL
+	done
+}
+# without the session reset before each task
+pool_variant k kept "reset_session 'false'"
+# with a deeper pipeline (task_fdw.claim_ahead is raised for them)
+pool_variant d deep "pipeline_depth '48'"
 
 dispatcher_pid() { q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
