@@ -523,6 +523,7 @@ ConnFailPiped(Conn *conn, const char *sqlstate, const char *message)
 		Task	   *task = dlist_container(Task, node, dlist_pop_head_node(&conn->piped));
 
 		conn->npiped--;
+		/* Sent, so it may have run: it counts as started (TaskResolveOutcome). */
 		if (task->started_at == 0)
 			task->started_at = GetCurrentTimestamp();
 		if (message != NULL)
