@@ -5,7 +5,8 @@ MODULE_big = task_fdw
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 EXTENSION = task_fdw
 DATA = task_fdw--1.0.sql \
-	task_fdw--1.0--1.1.sql task_fdw--1.1--1.2.sql task_fdw--1.2--1.3.sql
+	task_fdw--1.0--1.1.sql task_fdw--1.1--1.2.sql task_fdw--1.2--1.3.sql \
+	task_fdw--1.3--1.4.sql
 PGFILEDESC = "task_fdw - run SQL statements as background tasks"
 
 REGRESS = setup options tables submit execution control security bad_input fanout

@@ -8,7 +8,9 @@
  * (QueueBegin ... QueueCommit), never across a wait.  Searches go through
  * prepared SPI plans; starts and outcomes, two row updates per task and the
  * bulk of the dispatcher's work, are written straight into the heap and its
- * indexes, as submitters' inserts are.  A task's start is committed before
+ * indexes, as submitters' inserts are.  A start changes no indexed column,
+ * so it is a HOT update where its page has room (the store's fillfactor
+ * leaves half of each page for it): no index entry.  A task's start is committed before
  * its SQL is sent, so a task is never sent twice: after a crash, a task
  * still marked running is failed as interrupted rather than run again.
  *
@@ -52,16 +54,23 @@
 #include "dispatcher.h"
 #include "compat.h"
 
-/* Pools with queued tasks: a loose index scan over task_queued_idx. */
+/*
+ * Every search for queued or running tasks also says "finished_at IS NULL",
+ * the predicate of the index they are in (task_unfinished_idx; before 1.4,
+ * task_queued_idx and task_state_idx, whose predicates "state = ..."
+ * implies).
+ */
+
+/* Pools with queued tasks: a loose index scan over task_unfinished_idx. */
 #define FIND_POOLS_SQL \
 	"WITH RECURSIVE p(server_id, userid) AS (" \
 	" (SELECT server_id, userid FROM task_fdw.task" \
-	"   WHERE state OPERATOR(pg_catalog.=) 'queued'" \
+	"   WHERE state OPERATOR(pg_catalog.=) 'queued' AND finished_at IS NULL" \
 	"   ORDER BY server_id, userid LIMIT 1)" \
 	" UNION ALL" \
 	" SELECT n.server_id, n.userid FROM p, LATERAL" \
 	" (SELECT t.server_id, t.userid FROM task_fdw.task t" \
-	"   WHERE t.state OPERATOR(pg_catalog.=) 'queued'" \
+	"   WHERE t.state OPERATOR(pg_catalog.=) 'queued' AND t.finished_at IS NULL" \
 	"     AND (t.server_id, t.userid) OPERATOR(pg_catalog.>) (p.server_id, p.userid)" \
 	"   ORDER BY t.server_id, t.userid LIMIT 1) n)" \
 	" SELECT server_id, userid FROM p"
@@ -69,9 +78,10 @@
 /*
  * Runnable tasks of one pool in queue order (highest priority first, then
  * oldest), after position ($5, $6) of that order: the rest of priority $5,
- * then lower priorities.  Each branch is a range scan of task_queued_idx,
- * so entries of tasks claimed earlier (dead, but not yet removable while an
- * older snapshot exists) are not visited again.  Nothing is locked here:
+ * then lower priorities.  Each branch is a range scan of
+ * task_unfinished_idx, so entries of tasks claimed earlier (running, or
+ * dead but not yet removable while an older snapshot exists) are not
+ * visited again.  Nothing is locked here:
  * QueueRecordStarts checks again that a task is queued, and skips it while
  * a submitter is changing it.
  */
@@ -79,7 +89,7 @@
 	"SELECT id, sql, timeout, max_attempts, attempts, retry_sqlstates, retry_delay," \
 	"       retry_interrupted, submitted_at, priority, ctid" \
 	" FROM task_fdw.task" \
-	" WHERE state OPERATOR(pg_catalog.=) 'queued'" \
+	" WHERE state OPERATOR(pg_catalog.=) 'queued' AND finished_at IS NULL" \
 	"   AND server_id OPERATOR(pg_catalog.=) $1" \
 	"   AND userid OPERATOR(pg_catalog.=) $2" \
 	"   AND (run_at IS NULL OR run_at OPERATOR(pg_catalog.<=) $4)"
@@ -102,7 +112,7 @@
 /* The next time a queued task scheduled for later becomes due. */
 #define NEXT_RUN_AT_SQL \
 	"SELECT run_at FROM task_fdw.task" \
-	" WHERE state OPERATOR(pg_catalog.=) 'queued' AND run_at IS NOT NULL" \
+	" WHERE state OPERATOR(pg_catalog.=) 'queued' AND finished_at IS NULL AND run_at IS NOT NULL" \
 	"   AND run_at OPERATOR(pg_catalog.>) $1" \
 	" ORDER BY run_at LIMIT 1"
 
@@ -117,7 +127,7 @@
 /* The tasks an earlier dispatcher left running, when this one starts. */
 #define ORPHANS_SQL \
 	"SELECT pg_catalog.array_agg(id) FROM task_fdw.task" \
-	" WHERE state OPERATOR(pg_catalog.=) 'running'"
+	" WHERE state OPERATOR(pg_catalog.=) 'running' AND finished_at IS NULL"
 
 /*
  * Tasks an earlier dispatcher left running (those of $1) were interrupted
@@ -796,7 +806,10 @@ result_jsonb(Task *task, Datum *result)
  * by w: final, or queued again for a retry at task->retry_at or, without
  * one, because the task was never sent, which a cancel committed meanwhile
  * turns into cancelled.  A task queued again before its first attempt
- * keeps no start.  Sets *written to the state written.
+ * keeps no start.  A failed or cancelled task always gets a sqlstate
+ * (task_failed_idx holds the tasks that have one): 57014 if cancelled
+ * before it started, and if the error came without one, 08006 (as
+ * postgres_fdw reports such errors).  Sets *written to the state written.
  */
 static RowWrite
 record_outcome(RowWriter *w, Task *task, const char *state, const char **written)
@@ -808,6 +821,15 @@ record_outcome(RowWriter *w, Task *task, const char *state, const char **written
 		!w->oldslot->tts_isnull[Anum_task_cancel_requested_at - 1])
 		state = TFDW_STATE_CANCELLED;
 	queued = (strcmp(state, TFDW_STATE_QUEUED) == 0);
+	if (strcmp(state, TFDW_STATE_CANCELLED) == 0 && task->sqlstate == NULL)
+	{
+		task->sqlstate = MemoryContextStrdup(task->cxt, "57014");
+		if (task->error == NULL)
+			task->error = MemoryContextStrdup(task->cxt,
+											  "task was cancelled before it started");
+	}
+	else if (strcmp(state, TFDW_STATE_FAILED) == 0 && task->sqlstate == NULL)
+		task->sqlstate = MemoryContextStrdup(task->cxt, "08006");
 
 	writer_prepare(w);
 	SET_COLUMN(w, Anum_task_state, CStringGetTextDatum(state));

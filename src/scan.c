@@ -71,6 +71,7 @@ typedef struct TaskScanState
 	Oid			serverid;
 	TaskScanKind kind;
 	ExprState  *key_state;
+	char	   *wanted_state;	/* the state a state scan returns, or NULL */
 	SysScanDesc scan;			/* NULL before the start, or if nothing matches */
 	bool		started;
 	MemoryContext rowcxt;		/* reset for every row */
@@ -275,8 +276,10 @@ start_scan(ForeignScanState *node, TaskScanState *state)
 		}
 		else
 		{
+			state->wanted_state = TextDatumGetCString(value);
 			state->scan = TaskStoreBeginStateScan(state->store,
-												  node->ss.ps.state->es_snapshot, value);
+												  node->ss.ps.state->es_snapshot,
+												  state->wanted_state);
 			return;
 		}
 		nkeys = 1;
@@ -353,6 +356,10 @@ next_visible_row(TaskScanState *state)
 		bool		isnull;
 		bool		full;
 		int			i;
+
+		if (state->wanted_state != NULL &&
+			!TaskStoreRowInState(tup, store_desc, state->wanted_state))
+			continue;
 
 		if (DatumGetObjectId(heap_getattr(tup, Anum_task_server_id, store_desc,
 										  &isnull)) != state->serverid &&

@@ -37,6 +37,7 @@
 #include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -413,26 +414,48 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 }
 
 /*
- * TaskStoreBeginStateScan starts a scan of the tasks of the task store rel
- * that are in state (a text datum), as of snapshot.  Queued tasks are
- * found through task_queued_idx, and running, failed and cancelled ones
- * through task_state_idx.  Done tasks, the bulk of the store, are in
- * neither (an index entry for each would cost every task one more index
- * insertion when it ends), so they are read from the table itself.
+ * TaskStoreBeginStateScan starts a scan of the task store rel that returns
+ * the tasks in state, as of snapshot, among others: the caller checks each
+ * row's state (TaskStoreRowInState).  Since 1.4, queued and running tasks
+ * are found through task_unfinished_idx, failed and cancelled ones through
+ * task_failed_idx; before, queued ones through task_queued_idx, and the
+ * others through task_state_idx.  Done tasks, the bulk of the store, are in
+ * none of them (an index entry for each would cost every task one more
+ * index insertion when it ends), so they are read from the table itself.
  */
 SysScanDesc
-TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, Datum state)
+TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, const char *state)
 {
+	Oid			unfinished = get_relname_relid("task_unfinished_idx",
+											   RelationGetNamespace(rel));
+	bool		is_unfinished = strcmp(state, TFDW_STATE_QUEUED) == 0 ||
+		strcmp(state, TFDW_STATE_RUNNING) == 0;
 	ScanKeyData key;
 
-	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ, state);
-	if (TaskStateIs(state, TFDW_STATE_QUEUED))
+	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
+				CStringGetTextDatum(state));
+	if (strcmp(state, TFDW_STATE_DONE) == 0)
+		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
+	if (OidIsValid(unfinished))
+		return systable_beginscan(rel, is_unfinished ? unfinished :
+								  TaskStoreIndex("task_failed_idx"),
+								  true, snapshot, 0, NULL);
+	if (strcmp(state, TFDW_STATE_QUEUED) == 0)
 		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
 								  snapshot, 0, NULL);
-	if (TaskStateIs(state, TFDW_STATE_DONE))
-		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
 	return systable_beginscan(rel, TaskStoreIndex("task_state_idx"), true,
 							  snapshot, 1, &key);
+}
+
+/*
+ * TaskStoreRowInState returns whether the task store row tup is in state.
+ */
+bool
+TaskStoreRowInState(HeapTuple tup, TupleDesc desc, const char *state)
+{
+	bool		isnull;
+
+	return TaskStateIs(heap_getattr(tup, Anum_task_state, desc, &isnull), state);
 }
 
 /*
@@ -449,16 +472,16 @@ TaskStoreForEachUnfinished(Relation rel, Snapshot snapshot,
 	for (i = 0; i < 2; i++)
 	{
 		bool		running = (i == 1);
+		const char *state = running ? TFDW_STATE_RUNNING : TFDW_STATE_QUEUED;
 		SysScanDesc scan;
 		HeapTuple	tup;
 
-		scan = TaskStoreBeginStateScan(rel, snapshot,
-									   CStringGetTextDatum(running ? TFDW_STATE_RUNNING
-														   : TFDW_STATE_QUEUED));
+		scan = TaskStoreBeginStateScan(rel, snapshot, state);
 		while ((tup = systable_getnext(scan)) != NULL)
 		{
 			CHECK_FOR_INTERRUPTS();
-			fn(tup, desc, running, arg);
+			if (TaskStoreRowInState(tup, desc, state))
+				fn(tup, desc, running, arg);
 		}
 		systable_endscan(scan);
 	}

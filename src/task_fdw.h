@@ -318,7 +318,8 @@ extern bool TaskStoreIsCurrent(Relation rel);
 extern Relation TaskStoreOpen(LOCKMODE lockmode);
 extern Oid	TaskStoreIndex(const char *indexname);
 extern SysScanDesc TaskStoreBeginStateScan(Relation rel, Snapshot snapshot,
-										   Datum state);
+											   const char *state);
+extern bool TaskStoreRowInState(HeapTuple tup, TupleDesc desc, const char *state);
 extern bool IsTaskFdwServer(Oid serverid);
 extern char *TaskFdwServerName(Oid serverid);
 extern List *taskImportForeignSchema(struct ImportForeignSchemaStmt *stmt,
