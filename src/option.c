@@ -101,6 +101,7 @@ static int	parse_int_option(DefElem *def, int min, int max);
 static int64 parse_interval_option(DefElem *def, bool zero_ok, Interval **result);
 static List *parse_sqlstates_option(DefElem *def);
 static void apply_task_option(DefElem *def, TaskDefaults *defaults);
+static bool apply_server_option(DefElem *def, TaskServerOptions *opts);
 static const char *local_socket_host(void);
 
 /*
@@ -407,27 +408,15 @@ task_fdw_validator(PG_FUNCTION_ARGS)
 						 errmsg("only superusers may set option \"password_required\" to false"),
 						 errhint("User mappings that let a role connect without a password may only be created or changed by a superuser.")));
 		}
-		else if (strcmp(def->defname, "pool_size") == 0)
-			(void) parse_int_option(def, 1, 10000);
 		else if (strcmp(def->defname, "port") == 0)
 			(void) parse_int_option(def, 1, 65535);
-		else if (strcmp(def->defname, "connect_timeout") == 0)
-			(void) parse_int_option(def, 0, INT_MAX);
-		else if (strcmp(def->defname, "connect_retry_timeout") == 0)
-		{
-			Interval   *unused;
-
-			(void) parse_interval_option(def, true, &unused);
-		}
-		else if (strcmp(def->defname, "reset_session") == 0)
-			(void) defGetBoolean(def);
-		else if (strcmp(def->defname, "pipeline_depth") == 0)
-			(void) parse_int_option(def, 0, 1000);
 		else
 		{
+			TaskServerOptions server_scratch;
 			TaskDefaults scratch;
 
-			apply_task_option(def, &scratch);
+			if (!apply_server_option(def, &server_scratch))
+				apply_task_option(def, &scratch);
 		}
 	}
 
@@ -449,24 +438,32 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 	opts->reset_session = true;
 	opts->pipeline_depth = 8;
 	foreach(lc, server->options)
-	{
-		DefElem    *def = (DefElem *) lfirst(lc);
+		(void) apply_server_option((DefElem *) lfirst(lc), opts);
+}
 
-		if (strcmp(def->defname, "pool_size") == 0)
-			opts->pool_size = parse_int_option(def, 1, 10000);
-		else if (strcmp(def->defname, "connect_timeout") == 0)
-			opts->connect_timeout = parse_int_option(def, 0, INT_MAX);
-		else if (strcmp(def->defname, "connect_retry_timeout") == 0)
-		{
-			Interval   *unused;
+/*
+ * apply_server_option sets the server setting that def gives in opts, and
+ * returns whether def is one: the validator and TaskFdwGetServerOptions
+ * both read the options through it, so that each is checked one way.
+ */
+static bool
+apply_server_option(DefElem *def, TaskServerOptions *opts)
+{
+	Interval   *unused;
 
-			opts->connect_retry_timeout = parse_interval_option(def, true, &unused);
-		}
-		else if (strcmp(def->defname, "reset_session") == 0)
-			opts->reset_session = defGetBoolean(def);
-		else if (strcmp(def->defname, "pipeline_depth") == 0)
-			opts->pipeline_depth = parse_int_option(def, 0, 1000);
-	}
+	if (strcmp(def->defname, "pool_size") == 0)
+		opts->pool_size = parse_int_option(def, 1, 10000);
+	else if (strcmp(def->defname, "connect_timeout") == 0)
+		opts->connect_timeout = parse_int_option(def, 0, INT_MAX);
+	else if (strcmp(def->defname, "connect_retry_timeout") == 0)
+		opts->connect_retry_timeout = parse_interval_option(def, true, &unused);
+	else if (strcmp(def->defname, "reset_session") == 0)
+		opts->reset_session = defGetBoolean(def);
+	else if (strcmp(def->defname, "pipeline_depth") == 0)
+		opts->pipeline_depth = parse_int_option(def, 0, 1000);
+	else
+		return false;
+	return true;
 }
 
 /*
