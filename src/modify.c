@@ -677,7 +677,7 @@ taskExecForeignUpdate(EState *estate, ResultRelInfo *rinfo,
 				TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 			nulls[Anum_task_finished_at - 1] = false;
 			values[Anum_task_error - 1] =
-				CStringGetTextDatum("task was cancelled before it started");
+				CStringGetTextDatum(TFDW_CANCELLED_BEFORE_START);
 			nulls[Anum_task_error - 1] = false;
 			values[Anum_task_sqlstate - 1] = CStringGetTextDatum("57014");
 			nulls[Anum_task_sqlstate - 1] = false;

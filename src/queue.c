@@ -806,10 +806,10 @@ result_jsonb(Task *task, Datum *result)
  * by w: final, or queued again for a retry at task->retry_at or, without
  * one, because the task was never sent, which a cancel committed meanwhile
  * turns into cancelled.  A task queued again before its first attempt
- * keeps no start.  A failed or cancelled task always gets a sqlstate
- * (task_failed_idx holds the tasks that have one): 57014 if cancelled
- * before it started, and if the error came without one, 08006 (as
- * postgres_fdw reports such errors).  Sets *written to the state written.
+ * keeps no start.  One cancelled before it ever ran gets the error and
+ * sqlstate a submitter's cancel of a queued task gives (task_failed_idx
+ * holds the failed and cancelled tasks by their sqlstate).  Sets *written
+ * to the state written.
  */
 static RowWrite
 record_outcome(RowWriter *w, Task *task, const char *state, const char **written)
@@ -824,12 +824,8 @@ record_outcome(RowWriter *w, Task *task, const char *state, const char **written
 	if (strcmp(state, TFDW_STATE_CANCELLED) == 0 && task->sqlstate == NULL)
 	{
 		task->sqlstate = MemoryContextStrdup(task->cxt, "57014");
-		if (task->error == NULL)
-			task->error = MemoryContextStrdup(task->cxt,
-											  "task was cancelled before it started");
+		task->error = MemoryContextStrdup(task->cxt, TFDW_CANCELLED_BEFORE_START);
 	}
-	else if (strcmp(state, TFDW_STATE_FAILED) == 0 && task->sqlstate == NULL)
-		task->sqlstate = MemoryContextStrdup(task->cxt, "08006");
 
 	writer_prepare(w);
 	SET_COLUMN(w, Anum_task_state, CStringGetTextDatum(state));

@@ -1179,6 +1179,7 @@ static void
 capture_error(Task *task, PGresult *res, PGconn *pgconn)
 {
 	const char *message;
+	const char *sqlstate;
 
 	if (task->final_state != NULL)
 		return;
@@ -1190,7 +1191,8 @@ capture_error(Task *task, PGresult *res, PGconn *pgconn)
 	}
 	task->final_state = TFDW_STATE_FAILED;
 	task->error = task_strdup(task, message);
-	task->sqlstate = task_strdup(task, PQresultErrorField(res, PG_DIAG_SQLSTATE));
+	sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	task->sqlstate = task_strdup(task, sqlstate ? sqlstate : TFDW_NO_SQLSTATE);
 	task->error_detail = task_strdup(task, PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
 	task->error_hint = task_strdup(task, PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
 	task->error_context = task_strdup(task, PQresultErrorField(res, PG_DIAG_CONTEXT));
@@ -1409,7 +1411,7 @@ TaskResolveOutcome(Task *task)
 								psprintf("task_fdw: %d more messages were not kept",
 										 task->notices_dropped));
 	if (task->final_state == NULL)
-		task->final_state = TFDW_STATE_FAILED;
+		TaskFail(task, "XX000", "task ended without an outcome");
 	if (strcmp(task->final_state, TFDW_STATE_FAILED) != 0)
 	{
 		MemoryContextSwitchTo(old);

@@ -86,6 +86,15 @@
 	"on_interrupt 'retry' queues an interrupted task again only while it has made " \
 	"fewer attempts than task_fdw.max_interrupted_attempts, or than its max_attempts if that is higher."
 
+/* The error of a task cancelled before it started (SQLSTATE 57014). */
+#define TFDW_CANCELLED_BEFORE_START "task was cancelled before it started"
+
+/*
+ * The SQLSTATE of a remote error that came without one, as postgres_fdw
+ * reports such errors: every failed task has a SQLSTATE (task_failed_idx).
+ */
+#define TFDW_NO_SQLSTATE "08006"
+
 /* Task states, as stored and shown. */
 #define TFDW_STATE_QUEUED		"queued"
 #define TFDW_STATE_RUNNING		"running"
