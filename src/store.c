@@ -414,6 +414,16 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 }
 
 /*
+ * unfinished_index returns the OID of the task store rel's index of queued
+ * and running tasks, task_unfinished_idx, or InvalidOid before version 1.4.
+ */
+static Oid
+unfinished_index(Relation rel)
+{
+	return get_relname_relid("task_unfinished_idx", RelationGetNamespace(rel));
+}
+
+/*
  * TaskStoreBeginStateScan starts a scan of the task store rel that returns
  * the tasks in state, as of snapshot, among others: the caller checks each
  * row's state (TaskStoreRowInState).  Since 1.4, queued and running tasks
@@ -426,23 +436,24 @@ TaskStoreDeleteTask(Relation rel, int64 id)
 SysScanDesc
 TaskStoreBeginStateScan(Relation rel, Snapshot snapshot, const char *state)
 {
-	Oid			unfinished = get_relname_relid("task_unfinished_idx",
-											   RelationGetNamespace(rel));
-	bool		is_unfinished = strcmp(state, TFDW_STATE_QUEUED) == 0 ||
-		strcmp(state, TFDW_STATE_RUNNING) == 0;
+	Oid			unfinished = unfinished_index(rel);
 	ScanKeyData key;
 
-	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
-				CStringGetTextDatum(state));
 	if (strcmp(state, TFDW_STATE_DONE) == 0)
+	{
+		ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(state));
 		return systable_beginscan(rel, InvalidOid, false, snapshot, 1, &key);
+	}
 	if (OidIsValid(unfinished))
-		return systable_beginscan(rel, is_unfinished ? unfinished :
-								  TaskStoreIndex("task_failed_idx"),
+		return systable_beginscan(rel, TaskStateIsFinal(state) ?
+								  TaskStoreIndex("task_failed_idx") : unfinished,
 								  true, snapshot, 0, NULL);
 	if (strcmp(state, TFDW_STATE_QUEUED) == 0)
 		return systable_beginscan(rel, TaskStoreIndex("task_queued_idx"), true,
 								  snapshot, 0, NULL);
+	ScanKeyInit(&key, Anum_task_state, BTEqualStrategyNumber, F_TEXTEQ,
+				CStringGetTextDatum(state));
 	return systable_beginscan(rel, TaskStoreIndex("task_state_idx"), true,
 							  snapshot, 1, &key);
 }
@@ -467,20 +478,23 @@ TaskStoreForEachUnfinished(Relation rel, Snapshot snapshot,
 						   TaskStoreTaskCallback fn, void *arg)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	bool		one_index = OidIsValid(unfinished_index(rel));
 	int			i;
 
-	for (i = 0; i < 2; i++)
+	/* Before 1.4, queued and running tasks are in two indexes. */
+	for (i = 0; i < (one_index ? 1 : 2); i++)
 	{
-		bool		running = (i == 1);
-		const char *state = running ? TFDW_STATE_RUNNING : TFDW_STATE_QUEUED;
 		SysScanDesc scan;
 		HeapTuple	tup;
 
-		scan = TaskStoreBeginStateScan(rel, snapshot, state);
+		scan = TaskStoreBeginStateScan(rel, snapshot,
+									   i == 0 ? TFDW_STATE_QUEUED : TFDW_STATE_RUNNING);
 		while ((tup = systable_getnext(scan)) != NULL)
 		{
+			bool		running = TaskStoreRowInState(tup, desc, TFDW_STATE_RUNNING);
+
 			CHECK_FOR_INTERRUPTS();
-			if (TaskStoreRowInState(tup, desc, state))
+			if (running || TaskStoreRowInState(tup, desc, TFDW_STATE_QUEUED))
 				fn(tup, desc, running, arg);
 		}
 		systable_endscan(scan);
