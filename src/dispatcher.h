@@ -125,9 +125,7 @@ typedef struct Conn
 	bool		used;			/* ran a task since its last session reset */
 	bool		sql_pipelined;	/* its task's SQL follows the session reset */
 	bool		reset_failed;	/* and the reset failed: not to be reused */
-	int64		appname_task;	/* task named by its application_name, or 0;
-								 * a canceller's: the task it may cancel,
-								 * or 0 for any */
+	int64		appname_task;	/* task named by its application_name, or 0 */
 	TimestampTz deadline;		/* connect (or cancel) deadline, or 0 */
 	Task	   *task;
 	dlist_head	ahead;			/* started tasks to send after task */
@@ -136,6 +134,8 @@ typedef struct Conn
 	dlist_head	piped;			/* tasks sent after task, in its pipeline */
 	int			npiped;			/* how many */
 	int			cancel_pid;		/* canceller: the remote backend to cancel, or 0 */
+	int64		cancel_task;	/* canceller: only while it runs this task,
+								 * or 0 for whatever it runs */
 	bool		counted;		/* counts toward task_fdw.max_connections */
 } Conn;
 

@@ -743,7 +743,9 @@ PoolStartCancel(Pool *pool, int remote_pid, int64 only_task)
 	if (problem != NULL)
 		return problem;
 	pool_note_names(pool, server);
-	conn = pool_open_conn(pool, server, only_task, remote_pid);
+	conn = pool_open_conn(pool, server, 0, remote_pid);
+	if (conn != NULL)
+		conn->cancel_task = only_task;
 	if (conn != NULL && PQstatus(conn->conn) == CONNECTION_BAD)
 		ConnLost(conn);
 	return NULL;
@@ -752,8 +754,7 @@ PoolStartCancel(Pool *pool, int remote_pid, int64 only_task)
 /*
  * pool_open_conn starts a connection of pool to server without waiting for
  * it, named after task appname_task (just "task_fdw" if the pool does not
- * reset sessions), or a canceller of remote backend cancel_pid, while it
- * runs task appname_task if not 0 (see PoolStartCancel).  Returns
+ * reset sessions), or a canceller of remote backend cancel_pid.  Returns
  * NULL when out of file descriptors; a connection that libpq could not even
  * start is returned with status CONNECTION_BAD, for the caller to report.
  */

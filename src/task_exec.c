@@ -239,13 +239,13 @@ conn_poll_connect(Conn *conn)
 			{
 				/* A canceller: ask for the cancel, then wait for the answer. */
 				conn->state = CONN_CANCELLING;
-				if (!PQsendQuery(conn->conn, conn->appname_task == 0 ?
+				if (!PQsendQuery(conn->conn, conn->cancel_task == 0 ?
 								 psprintf("SELECT pg_catalog.pg_cancel_backend(%d)",
 										  conn->cancel_pid) :
 								 psprintf("SELECT pg_catalog.pg_cancel_backend(pid) "
 										  "FROM pg_catalog.pg_stat_activity "
 										  "WHERE pid = %d AND application_name = '" TASK_APPNAME_FORMAT "'",
-										  conn->cancel_pid, conn->appname_task)) ||
+										  conn->cancel_pid, conn->cancel_task)) ||
 					!conn_flush(conn))
 				{
 					ConnLost(conn);
