@@ -448,9 +448,9 @@ take_hints(void)
 /*
  * recover_orphans records as interrupted the tasks an earlier dispatcher
  * left running, in the caller's transaction, for after_recovery_commit to
- * report once it commits.  Rows that other transactions have locked (a submitter
- * cancelling the task, say) are not waited for: they are tried again
- * DEFERRED_RETRY_MS later, while the dispatcher runs other tasks.
+ * report once it commits.  Rows that other transactions have locked (a
+ * submitter cancelling the task, say) are not waited for: they are tried
+ * again DEFERRED_RETRY_MS later, while the dispatcher runs other tasks.
  */
 static void
 recover_orphans(TimestampTz now)

@@ -10,9 +10,10 @@
  * bulk of the dispatcher's work, are written straight into the heap and its
  * indexes, as submitters' inserts are.  A start changes no indexed column,
  * so it is a HOT update where its page has room (the store's fillfactor
- * leaves half of each page for it): no index entry.  A task's start is committed before
- * its SQL is sent, so a task is never sent twice: after a crash, a task
- * still marked running is failed as interrupted rather than run again.
+ * leaves half of each page for it): no index entry.  A task's start is
+ * committed before its SQL is sent, so a task is never sent twice: after a
+ * crash, a task still marked running is failed as interrupted rather than
+ * run again.
  *
  * Submitters lock task rows while they cancel, reschedule or delete them.
  * The dispatcher never waits for those locks: a row that is locked, or was
