@@ -187,6 +187,8 @@ typedef struct ArrayBuilder
 
 static void array_builder_init(ArrayBuilder *b, int size);
 static int64 id_of(uint64 i);
+static int64 *held_ids_sorted(Pool *pool);
+static int	cmp_int64(const void *a, const void *b);
 static void array_builder_add(ArrayBuilder *b, Datum value, bool isnull);
 static Datum array_builder_finish(ArrayBuilder *b, Oid elemtype);
 
@@ -431,6 +433,39 @@ QueueFindPools(void)
 }
 
 /*
+ * held_ids_sorted returns the ids of the tasks pool holds, in ascending
+ * order, for QueueFetch to skip them with a binary search rather than a walk
+ * of the held list per row; NULL if it holds none.
+ */
+static int64 *
+held_ids_sorted(Pool *pool)
+{
+	int64	   *ids;
+	int			n = 0;
+	dlist_iter	iter;
+
+	if (pool->nheld == 0)
+		return NULL;
+	ids = palloc(sizeof(int64) * pool->nheld);
+	dlist_foreach(iter, &pool->held)
+		ids[n++] = dlist_container(Task, node, iter.cur)->id;
+	qsort(ids, n, sizeof(int64), cmp_int64);
+	return ids;
+}
+
+/*
+ * cmp_int64 orders two int64 values, for qsort and bsearch.
+ */
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
  * QueueFetch takes up to limit more runnable tasks of pool, highest
  * priority first, into pool's held list, going on from where the last
  * fetch stopped.  Tasks already held are skipped: they come again only
@@ -444,6 +479,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 	uint64		i;
 	int			added = 0;
 	int			asked = limit + (pool->cursor_valid ? 0 : pool->nheld);
+	int			nheld = pool->nheld;
+	int64	   *held_ids = held_ids_sorted(pool);
 
 	values[0] = ObjectIdGetDatum(pool->key.serverid);
 	values[1] = ObjectIdGetDatum(pool->key.userid);
@@ -460,8 +497,6 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		dlist_iter	iter;
-		bool		held = false;
 		Task	   *task;
 		Datum		value;
 		MemoryContext old;
@@ -469,10 +504,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 		pool->cursor_valid = true;
 		pool->cursor_priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 		pool->cursor_id = id;
-		dlist_foreach(iter, &pool->held)
-			if (dlist_container(Task, node, iter.cur)->id == id)
-				held = true;
-		if (held)
+		if (nheld > 0 &&
+			bsearch(&id, held_ids, nheld, sizeof(int64), cmp_int64) != NULL)
 			continue;
 
 		task = DispatcherNewTask(pool, id, SPI_getvalue(tup, desc, 2));
@@ -513,6 +546,8 @@ QueueFetch(Pool *pool, int limit, TimestampTz now)
 	 */
 	pool->has_queued = (SPI_processed == (uint64) asked || i < SPI_processed);
 	SPI_freetuptable(SPI_tuptable);
+	if (held_ids != NULL)
+		pfree(held_ids);
 }
 
 /*
