@@ -8,8 +8,8 @@
 #
 # Workloads (see the README's Performance section):
 #   W1 throughput: 20,000 x SELECT 1 at P = 1, 2, 4 and 8, and at P = 4 and 8
-#      with the server option reset_session 'false', and with a deeper
-#      pipeline (pipeline_depth '48', task_fdw.claim_ahead = 128)
+#      with the server option reset_session 'false', and with the shallower
+#      pipeline of version 1.4.0 (pipeline_depth '8', task_fdw.claim_ahead = 48)
 #   W2 latency: 200 single tasks one after another
 #   W3 parallelism: 16 x pg_sleep(0.5) at P = 8 (ideal 1.0 s)
 #   W4 status lookup with 1,000,000 finished tasks in history
@@ -135,8 +135,8 @@ SQL
 }
 # without the session reset before each task
 pool_variant k kept "reset_session 'false'"
-# with a deeper pipeline (task_fdw.claim_ahead is raised for them)
-pool_variant d deep "pipeline_depth '48'"
+# with the pipeline of 1.4.0 (task_fdw.claim_ahead is lowered for them)
+pool_variant s shallow "pipeline_depth '8'"
 
 dispatcher_pid() { q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'task_fdw dispatcher'"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -246,9 +246,9 @@ for p in 1 2 4 8; do
 	if [ "$p" -ge 4 ]; then
 		w1_median "kept$p" "$p"
 		kept=$tasks_s
-		q -c "ALTER SYSTEM SET task_fdw.claim_ahead = 128" -c "SELECT pg_reload_conf()" >/dev/null
-		w1_median "deep$p" "$p"
-		deep=$tasks_s
+		q -c "ALTER SYSTEM SET task_fdw.claim_ahead = 48" -c "SELECT pg_reload_conf()" >/dev/null
+		w1_median "shallow$p" "$p"
+		shallow=$tasks_s
 		q -c "ALTER SYSTEM RESET task_fdw.claim_ahead" -c "SELECT pg_reload_conf()" >/dev/null
 	fi
 	dbl=$(dblink_median "$p")
@@ -257,7 +257,7 @@ for p in 1 2 4 8; do
 	row "W1 tasks/s, P=$p" "$tfdw" "$dbl" "$pgb" "$(ratios "$tfdw" "$dbl" "$pgb")"
 	[ "$p" -lt 4 ] && continue
 	row "W1 tasks/s, P=$p, reset_session off" "$kept" "$dbl" "$pgb" "$(ratios "$kept" "$dbl" "$pgb")"
-	row "W1 tasks/s, P=$p, deeper pipeline" "$deep" "$dbl" "$pgb" "$(ratios "$deep" "$dbl" "$pgb")"
+	row "W1 tasks/s, P=$p, 1.4.0 pipeline" "$shallow" "$dbl" "$pgb" "$(ratios "$shallow" "$dbl" "$pgb")"
 	row "W6 dispatcher CPU s per 1,000 tasks, P=$p" "$(echo "$cpu $N" | awk -v runs="$RUNS" -v hz="$ticks_per_s" '{ printf "%.3f", $1 / hz / (runs * $2 / 1000) }')" "" "" ""
 	row "W6 dispatcher peak RSS MB, P=$p" "$(echo "$(hwm_kb "$pid")" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" "target < 64"
 	row "W6 of which private, peak MB, P=$p" "$(echo "$anon" | awk '{ printf "%.1f", $1 / 1024 }')" "" "" ""

@@ -1,18 +1,18 @@
 #!/bin/sh
 # Plots W1 throughput against pool size, for task_fdw (with and without the
-# session reset, and with a deeper pipeline), dblink and pgbench, from the
+# session reset, and with the pipeline of 1.4.0), dblink and pgbench, from the
 # rows "W1 tasks/s, P=n" of a make bench result file.
 # Usage: plot.sh results.txt out.png
 set -eu
 command -v gnuplot >/dev/null || { echo "gnuplot is missing: no plot" >&2; exit 0; }
 data=$(mktemp)
 kept=$(mktemp)
-deep=$(mktemp)
-trap 'rm -f "$data" "$kept" "$deep"' EXIT
+shallow=$(mktemp)
+trap 'rm -f "$data" "$kept" "$shallow"' EXIT
 cores=$(sed -n '1s/.* \([0-9][0-9]*\) cores,.*/\1/p' "$1")
 sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\)  *\([0-9][0-9]*\)  *\([0-9][0-9]*\)  *\([0-9][0-9]*\).*/\1 \2 \3 \4/p' "$1" > "$data"
 sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\), reset_session off  *\([0-9][0-9]*\).*/\1 \2/p' "$1" > "$kept"
-sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\), deeper pipeline  *\([0-9][0-9]*\).*/\1 \2/p' "$1" > "$deep"
+sed -n 's/^W1 tasks\/s, P=\([0-9][0-9]*\), 1.4.0 pipeline  *\([0-9][0-9]*\).*/\1 \2/p' "$1" > "$shallow"
 gnuplot <<PLOT
 set terminal png size 800,500 noenhanced
 set output '$2'
@@ -24,7 +24,7 @@ set key left top
 set xtics (1, 2, 4, 8)
 plot '$data' using 1:2 with linespoints title 'task_fdw (durable), session reset per task', \\
      '$kept' using 1:2 with linespoints title 'task_fdw (durable), reset_session off', \\
-     '$deep' using 1:2 with linespoints title 'task_fdw (durable), pipeline_depth 48, claim_ahead 128', \\
+     '$shallow' using 1:2 with linespoints title 'task_fdw (durable), 1.4.0 pipeline (depth 8, claim_ahead 48)', \\
      '$data' using 1:3 with linespoints title 'dblink, warm pool in one session', \\
      '$data' using 1:4 with linespoints title 'pgbench SELECT 1 (ceiling)'
 PLOT

@@ -436,7 +436,7 @@ TaskFdwGetServerOptions(ForeignServer *server, TaskServerOptions *opts)
 	opts->connect_timeout = 0;
 	opts->connect_retry_timeout = 5 * 60 * USECS_PER_SEC;
 	opts->reset_session = true;
-	opts->pipeline_depth = 8;
+	opts->pipeline_depth = 32;
 	foreach(lc, server->options)
 		(void) apply_server_option((DefElem *) lfirst(lc), opts);
 }

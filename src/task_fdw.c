@@ -37,7 +37,7 @@ int			TaskFdwMaxResultRows = 1000;
 int			TaskFdwMaxResultBytes = 1024 * 1024;
 int			TaskFdwIdleTimeout = 10000;
 int			TaskFdwRecheckInterval = 10000;
-int			TaskFdwClaimAhead = 48;
+int			TaskFdwClaimAhead = 256;
 int			TaskFdwClaimAheadStall = 20;
 int			TaskFdwMaxInterruptedAttempts = 3;
 int			TaskFdwMaxNotices = 100;
@@ -122,7 +122,7 @@ _PG_init(void)
 							"Maximum number of short tasks a pooled connection claims ahead of the one it runs.",
 							"Claimed tasks are recorded as running; 0 claims a task only when a connection is free.",
 							&TaskFdwClaimAhead,
-							48, 0, 1000,
+							256, 0, 1000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("task_fdw.claim_ahead_stall",
