@@ -468,9 +468,12 @@ cmp_int64(const void *a, const void *b)
 /*
  * QueueFetch takes up to limit more runnable tasks of pool, highest
  * priority first, into pool's held list, going on from where the last
- * fetch stopped.  Tasks already held are skipped: they come again only
- * when the read starts from the head of the queue, so only then does it
- * ask for that many rows more.
+ * fetch stopped.  Tasks already held are skipped.  They come again when
+ * the read starts from the head of the queue, so then it asks for that
+ * many rows more; and, rarely, with the cursor valid, when a submitter
+ * lowered a held task's priority after this turn took its hints (the hint
+ * makes the next turn start from the head), so they are looked for in
+ * every read.
  */
 void
 QueueFetch(Pool *pool, int limit, TimestampTz now)

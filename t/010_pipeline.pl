@@ -81,9 +81,8 @@ SELECT (SELECT id FROM tasks WHERE batch = '$tag-blocker') || ' '
 # waiting_behind($blocker, $others): once the blocker has waited for its
 # lock a while (tasks claimed behind it but not sent went back to the
 # queue), and every task of $others that was not sent behind it has
-# finished, how
-# many of $others are still running, and how many of those were sent on
-# the blocker's connection and have left no side effect.
+# finished, how many of $others are still running, and how many of those
+# were sent on the blocker's connection and have left no side effect.
 sub waiting_behind
 {
 	my ($blocker, $others) = @_;
